@@ -1,0 +1,176 @@
+"""The agent loop: frame -> preprocess -> student -> label scores -> observation -> store, publish.
+
+`Pipeline` holds what comes from the model bundle and turns one frame into one observation;
+`run` drives it over a frame source and times every stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from retrofit_agent.bundle import load_bundle
+from retrofit_agent.capture import Frame, FrameSource
+from retrofit_agent.config import AgentConfig
+from retrofit_agent.embedder import Embedder
+from retrofit_agent.errors import BundleError
+from retrofit_agent.labels import load_label_bank
+from retrofit_agent.observation import LabelScore, ModelRef, Observation, encode_embedding
+from retrofit_agent.preprocess import Preprocessor
+from retrofit_agent.publish import Publisher
+from retrofit_agent.store import Store
+
+STAGES = ("capture", "preprocess", "inference", "scoring", "store", "publish")
+LATENCY_WINDOW = 10_000  # per-stage samples kept for percentiles
+
+
+class Pipeline:
+    """The verified bundle, loaded: preprocessor, student session and label bank."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.device_id = config.device_id
+        self.bundle = load_bundle(config.model)
+        manifest = self.bundle.manifest
+        self.embedder = Embedder(
+            self.bundle.student_path,
+            manifest.size,
+            manifest.embedding_dim,
+            config.embedder.intra_op_threads,
+            config.embedder.inter_op_threads,
+        )
+        labels_path = config.labels or self.bundle.labels_path
+        self.bank = load_label_bank(labels_path)
+        if self.bank.dim != manifest.embedding_dim:
+            raise BundleError(
+                f"{labels_path}: label embeddings have dimension {self.bank.dim}, but "
+                f"{self.bundle.student_path.name} outputs {manifest.embedding_dim}"
+            )
+        self.preprocess = Preprocessor(
+            manifest.size,
+            manifest.resize.shortest_side,
+            manifest.resize.interpolation,
+            manifest.mean,
+            manifest.std,
+        )
+        self.model_ref = ModelRef(name=manifest.name, manifest_sha256=self.bundle.manifest_sha256)
+
+    def embed(self, image: np.ndarray, timings: dict[str, float]) -> np.ndarray:
+        """The frame's L2-normalised embedding [D]; stage times (ms) are added to `timings`."""
+        t0 = time.perf_counter()
+        batch = self.preprocess(image)
+        t1 = time.perf_counter()
+        embedding = self.embedder(batch)[0]
+        embedding /= np.linalg.norm(embedding)
+        t2 = time.perf_counter()
+        timings["preprocess"] = (t1 - t0) * 1e3
+        timings["inference"] = (t2 - t1) * 1e3
+        return embedding
+
+    def observe(
+        self, frame: Frame, source: str, seq: int, timings: dict[str, float]
+    ) -> Observation:
+        embedding = self.embed(frame.image, timings)
+        t0 = time.perf_counter()
+        scored = self.bank.score(embedding, self.bundle.manifest.logit_scale)
+        observation = Observation(
+            device_id=self.device_id,
+            seq=seq,
+            captured_utc=frame.captured_utc,
+            source=source,
+            frame_index=frame.index,
+            model=self.model_ref,
+            labels=[LabelScore(group=s.group, label=s.label, score=s.score) for s in scored.labels],
+            top={
+                g: LabelScore(group=s.group, label=s.label, score=s.score)
+                for g, s in scored.top.items()
+            },
+            latency_ms=timings,
+            embedding=encode_embedding(embedding),
+        )
+        timings["scoring"] = (time.perf_counter() - t0) * 1e3
+        return observation
+
+
+@dataclass
+class RunStats:
+    """What a run did: frames, label counts and a window of per-stage latencies (ms)."""
+
+    frames: int = 0
+    dropped: int = 0
+    interrupted: bool = False
+    wall_s: float = 0.0
+    label_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    latency_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {s: deque(maxlen=LATENCY_WINDOW) for s in (*STAGES, "total")}
+    )
+
+    def record(self, observation: Observation, timings: dict[str, float]) -> None:
+        self.frames += 1
+        self.label_counts.update((s.group, s.label) for s in observation.labels)
+        for stage, ms in timings.items():
+            self.latency_ms[stage].append(ms)
+        self.latency_ms["total"].append(sum(v for k, v in timings.items() if k != "capture"))
+
+    def summary(self) -> dict:
+        percentiles = {
+            stage: {
+                "p50": float(np.percentile(values, 50)),
+                "p90": float(np.percentile(values, 90)),
+            }
+            for stage, values in self.latency_ms.items()
+            if values
+        }
+        return {
+            "frames": self.frames,
+            "dropped": self.dropped,
+            "wall_s": self.wall_s,
+            "interrupted": self.interrupted,
+            "fps": self.frames / self.wall_s if self.wall_s else 0.0,
+            "latency_ms": percentiles,
+            "labels": {f"{g}/{label}": n for (g, label), n in sorted(self.label_counts.items())},
+        }
+
+
+def run(
+    pipeline: Pipeline,
+    source: FrameSource,
+    store: Store,
+    publisher: Publisher | None = None,
+    max_frames: int | None = None,
+    on_frame: Callable[[RunStats], None] | None = None,
+) -> RunStats:
+    """Process frames until the source ends, `max_frames` or Ctrl-C; always flushes the store."""
+    stats = RunStats()
+    started = time.perf_counter()
+    frames = iter(source)
+    try:
+        while max_frames is None or stats.frames < max_frames:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                break
+            timings = {"capture": (time.perf_counter() - t0) * 1e3}
+            observation = pipeline.observe(frame, source.name, store.allocate_seq(), timings)
+            header = observation.header_json()
+            t1 = time.perf_counter()
+            store.add(observation, header)
+            t2 = time.perf_counter()
+            if publisher is not None:
+                publisher.publish(observation, header)
+            t3 = time.perf_counter()
+            timings["store"] = (t2 - t1) * 1e3
+            timings["publish"] = (t3 - t2) * 1e3
+            stats.record(observation, timings)
+            if on_frame is not None:
+                on_frame(stats)
+    except KeyboardInterrupt:
+        stats.interrupted = True  # Ctrl-C: keep what was done and report it
+    finally:
+        store.flush()
+        stats.wall_s = time.perf_counter() - started
+        stats.dropped = source.dropped
+    return stats

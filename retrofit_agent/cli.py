@@ -1,0 +1,184 @@
+"""The `retrofit-agent` command line (DESIGN.md contract 4).
+
+Every expected failure is one line on stderr, `retrofit-agent: error: ...`, and the error's
+sysexits-style code (see retrofit_agent.errors). Resources are opened in the order bundle,
+source, database, socket, so bad input fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from retrofit_agent import __version__
+from retrofit_agent.agent import Pipeline, RunStats, run
+from retrofit_agent.capture import open_source
+from retrofit_agent.config import AgentConfig, load_config
+from retrofit_agent.errors import RetrofitError
+from retrofit_agent.publish import Publisher
+from retrofit_agent.store import Store
+
+INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retrofit-agent",
+        description="Label camera frames with a distilled CLIP student (zero-shot).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--dry-run", metavar="VIDEO", type=Path,
+        help="run the whole pipeline on a video file or image folder, print a summary, exit",
+    )  # fmt: skip
+    parser.add_argument("--config", type=Path, help="agent config (TOML)")
+    parser.add_argument("--model", type=Path, help="model bundle directory (default: bundled)")
+    parser.add_argument("--labels", type=Path, help="a labels.npz replacing the bundle's")
+    parser.add_argument("--db", type=Path, help="observation database (default: temporary)")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    parser.add_argument("--realtime", action="store_true", help="pace at the native frame rate")
+    parser.add_argument("--publish", metavar="ENDPOINT", help="ZeroMQ endpoint to bind")
+    parser.add_argument("--no-publish", action="store_true", help="do not open a ZeroMQ socket")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    queue = commands.add_parser("queue", help="inspect or maintain the observation database")
+    queue.add_argument("action", choices=["stats", "export", "vacuum"])
+    queue.add_argument("--db", type=Path, dest="queue_db", help="database (default: config's)")
+    queue.add_argument("--state", choices=["pending", "uploaded"], help="export: only this state")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command and args.dry_run:
+        parser.error("--dry-run cannot be combined with a command")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error("--max-frames must be at least 1")
+    try:
+        if args.dry_run:
+            return dry_run(args)
+        if args.command == "queue":
+            return queue_command(args)
+    except RetrofitError as exc:
+        print(f"retrofit-agent: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retrofit-dry-run-")))
+        config = load_config(
+            args.config,
+            overrides={
+                "model": args.model,
+                "labels": args.labels,
+                "store.path": args.db or tmp / "observations.db",
+                "publish.endpoint": args.publish,
+                "publish.enabled": False if args.no_publish else None,
+            },
+        )
+        pipeline = Pipeline(config)
+        if pipeline.bundle.manifest.teacher.get("kind") == "none":
+            print(
+                f"retrofit-agent: warning: model {pipeline.model_ref.name} has random weights, "
+                "its labels are meaningless (see models/README.md)",
+                file=sys.stderr,
+            )
+        source = stack.enter_context(open_source(args.dry_run, realtime=args.realtime))
+        publisher = None
+        if config.publish.enabled:
+            publisher = Publisher(config.publish.endpoint, config.publish.send_hwm)
+            stack.callback(publisher.close)
+        store = _open_store(config)
+        stack.callback(store.close)
+        progress = Progress(source.total)
+        stats = run(pipeline, source, store, publisher, args.max_frames, progress)
+        progress.done()
+        summary = {
+            "model": pipeline.model_ref.model_dump(),
+            "source": source.name,
+            "database": str(args.db) if args.db else None,
+            "stored_rows": store.stats()["rows"],
+            **stats.summary(),
+        }
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return INTERRUPTED if stats.interrupted else 0
+
+
+def _open_store(config: AgentConfig) -> Store:
+    s = config.store
+    return Store(
+        s.path, s.max_rows, s.max_bytes, s.commit_every, s.commit_interval_s, s.synchronous
+    )
+
+
+def queue_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config, overrides={"store.path": args.queue_db})
+    s = config.store
+    store = Store.open_existing(s.path, max_rows=s.max_rows, max_bytes=s.max_bytes)
+    try:
+        if args.action == "stats":
+            print(json.dumps(store.stats(), indent=2))
+        elif args.action == "export":
+            for observation in store.observations(args.state):
+                sys.stdout.write(observation.model_dump_json() + "\n")
+        else:
+            before = store.stats()["file_bytes"]
+            store.vacuum()
+            print(f"vacuumed {s.path}: {before} -> {store.stats()['file_bytes']} bytes")
+    finally:
+        store.close()
+    return 0
+
+
+class Progress:
+    """Frames done and FPS on stderr, at most twice a second, only on a terminal."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.enabled = sys.stderr.isatty()
+        self._shown_at = 0.0
+        self._started = time.perf_counter()
+
+    def __call__(self, stats: RunStats) -> None:
+        now = time.perf_counter()
+        if self.enabled and now - self._shown_at >= 0.5:
+            self._shown_at = now
+            of = f"/{self.total}" if self.total else ""
+            fps = stats.frames / (now - self._started)
+            sys.stderr.write(f"\r{stats.frames}{of} frames, {fps:.1f} FPS ")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self._shown_at:
+            sys.stderr.write("\n")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    model = summary["model"]
+    lines = [
+        f"model    {model['name']} (manifest {model['manifest_sha256'][:12]})",
+        f"source   {summary['source']}",
+        f"database {summary['database'] or '(temporary)'}: {summary['stored_rows']} rows",
+        f"frames   {summary['frames']} processed, {summary['dropped']} dropped "
+        f"in {summary['wall_s']:.2f} s: {summary['fps']:.1f} FPS"
+        + (" (interrupted)" if summary["interrupted"] else ""),
+        "",
+        f"{'stage':<12}{'p50 ms':>10}{'p90 ms':>10}",
+    ]
+    for stage, p in summary["latency_ms"].items():
+        lines.append(f"{stage:<12}{p['p50']:>10.2f}{p['p90']:>10.2f}")
+    lines += ["", f"{'label':<40}{'frames':>8}"]
+    for label, count in summary["labels"].items():
+        lines.append(f"{label:<40}{count:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""The agent's configuration: strict pydantic models loaded from TOML plus environment overrides.
+
+Every section forbids unknown keys, so a typo in a fleet config fails loudly at start instead of
+silently falling back to a default. Errors name the file (or environment variable), the dotted
+key and what is wrong, on one line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+from retrofit_agent.errors import ConfigError
+
+ENV_PREFIX = "RETROFIT_AGENT_"
+ENV_NESTING = "__"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CaptureConfig(StrictModel):
+    """Where frames come from: a V4L2 device, a video file or a directory of images."""
+
+    source: str | int = Field(description="/dev/videoN, a device index, a video file or a folder")
+    width: PositiveInt | None = None
+    height: PositiveInt | None = None
+    fps: PositiveFloat | None = None
+    realtime: bool = Field(False, description="video files: pace at the native frame rate")
+    stall_timeout_s: PositiveFloat = Field(5.0, description="no new frame for this long: lost")
+
+
+class EmbedderConfig(StrictModel):
+    """onnxruntime threading: one inference thread leaves the second core to capture and I/O."""
+
+    intra_op_threads: PositiveInt = 1
+    inter_op_threads: PositiveInt = 1
+
+
+class StoreConfig(StrictModel):
+    """The SQLite observation queue and its bound (see retrofit_agent.store for eviction)."""
+
+    path: Path = Path("/var/lib/retrofit-agent/observations.db")
+    max_rows: PositiveInt = 1_000_000
+    max_bytes: PositiveInt = 2 * 1024**3
+    commit_every: PositiveInt = Field(30, description="rows per transaction")
+    commit_interval_s: PositiveFloat = Field(1.0, description="longest a row waits uncommitted")
+    synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
+
+
+class PublishConfig(StrictModel):
+    """The ZeroMQ PUB socket for local subscribers."""
+
+    enabled: bool = True
+    endpoint: str = "tcp://127.0.0.1:5557"
+    send_hwm: PositiveInt = Field(100, description="messages queued per subscriber, then dropped")
+
+
+class AgentConfig(StrictModel):
+    device_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    model: Path = DEFAULT_MODEL
+    labels: Path | None = Field(None, description="a labels.npz replacing the bundle's")
+    capture: CaptureConfig | None = None
+    embedder: EmbedderConfig = EmbedderConfig()
+    store: StoreConfig = StoreConfig()
+    publish: PublishConfig = PublishConfig()
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Read `path` (TOML), apply RETROFIT_AGENT_* variables, then `overrides` (dotted keys)."""
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    origins: dict[tuple[str, ...], str] = {}
+    environ = os.environ if environ is None else environ
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split(ENV_NESTING))
+            _set_path(data, keys, _parse_env_value(raw))
+            origins[keys] = f"environment variable {name}"
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            keys = tuple(dotted.split("."))
+            _set_path(data, keys, value)
+            origins[keys] = f"option {dotted}"
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        where = str(path) if path is not None else "configuration"
+        raise ConfigError(_describe(exc, where, origins)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are TOML literals (`3`, `true`, `"x"`); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    for key in keys[:-1]:
+        child = data.setdefault(key, {})
+        if not isinstance(child, dict):
+            child = data[key] = {}
+        data = child
+    data[keys[-1]] = value
+
+
+def _describe(exc: ValidationError, where: str, origins: dict[tuple[str, ...], str]) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(str(part) for part in err["loc"])
+        source = next(
+            (origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), where
+        )
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] not in ("extra_forbidden", "missing"):
+            what += f" (got {err['input']!r})"
+        problems.append(f"{source}: {'.'.join(loc)}: {what}")
+    return "; ".join(problems)

@@ -1,0 +1,45 @@
+"""Errors the agent reports to an operator: one line each, with a sysexits-style exit code.
+
+Distinct exit codes let systemd tell a bad configuration (do not restart) from a transient
+fault (restart), see `RestartPreventExitStatus=` in the unit file.
+"""
+
+
+class RetrofitError(Exception):
+    """An expected failure with a message fit for one log line."""
+
+    exit_code = 1
+
+
+class ConfigError(RetrofitError):
+    """The configuration file or a command-line value is invalid."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class BundleError(RetrofitError):
+    """The model bundle is missing, corrupt or inconsistent."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class SourceError(RetrofitError):
+    """A frame source cannot be opened or failed while reading."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
+class SourceTruncated(SourceError):
+    """A video file ended before the number of frames its container declares."""
+
+
+class DeviceLost(SourceError):
+    """A live camera vanished or stopped delivering frames."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class StoreError(RetrofitError):
+    """The observation database cannot be opened or written."""
+
+    exit_code = 74  # EX_IOERR

@@ -1,0 +1,58 @@
+"""An observation (DESIGN.md contract 3): what is stored, published and uploaded per frame.
+
+`(device_id, seq)` is the idempotency key end to end. The embedding travels as float16 bytes:
+in SQLite as a BLOB, over ZeroMQ as its own message part, never inside the JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+SCHEMA_VERSION = 1
+EMBEDDING_DTYPE = np.float16
+
+
+class LabelScore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: str
+    label: str
+    score: float
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    manifest_sha256: str
+
+
+class Observation(BaseModel):
+    # In full JSON (queue export, upload) the embedding bytes are base64.
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    schema_version: int = SCHEMA_VERSION
+    device_id: str
+    seq: int
+    captured_utc: datetime
+    source: str
+    frame_index: int
+    model: ModelRef
+    labels: list[LabelScore]
+    top: dict[str, LabelScore]
+    latency_ms: dict[str, float]
+    embedding: bytes
+
+    def header_json(self) -> bytes:
+        """The observation as JSON without the embedding (it travels as its own part)."""
+        return self.model_dump_json(exclude={"embedding"}).encode()
+
+    def embedding_array(self) -> np.ndarray:
+        return np.frombuffer(self.embedding, dtype=EMBEDDING_DTYPE)
+
+
+def encode_embedding(embedding: np.ndarray) -> bytes:
+    return embedding.astype(EMBEDDING_DTYPE).tobytes()

@@ -1,0 +1,80 @@
+"""Frame to model input: shortest-side resize, centre crop, BGR to RGB, mean/std, NCHW float32.
+
+The maths follows torchvision's Resize(int) + CenterCrop (short side to exactly
+`shortest_side`, long side truncated; crop offsets rounded), so the student sees on the camera
+what it saw in training. Buffers are planned once per input shape and reused for every frame.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+}
+
+
+def resized_shape(height: int, width: int, shortest_side: int) -> tuple[int, int]:
+    """(height, width) after resizing the short side to `shortest_side` (torchvision's rule)."""
+    if height <= width:
+        return shortest_side, int(shortest_side * width / height)
+    return int(shortest_side * height / width), shortest_side
+
+
+def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
+    """(top, left) of a centred `size` x `size` crop, rounded as torchvision's CenterCrop."""
+    return round((height - size) / 2.0), round((width - size) / 2.0)
+
+
+class Preprocessor:
+    """Turns BGR uint8 frames [H, W, 3] into the student's input [1, 3, size, size].
+
+    The returned array is owned by the preprocessor and overwritten by the next call.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        shortest_side: int,
+        interpolation: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ) -> None:
+        if shortest_side < size:
+            raise ValueError(f"shortest_side {shortest_side} is smaller than the crop {size}")
+        self.size = size
+        self.shortest_side = shortest_side
+        self.interpolation = INTERPOLATIONS[interpolation]
+        mean_bgr = np.asarray(mean, dtype=np.float32)[::-1]
+        std_bgr = np.asarray(std, dtype=np.float32)[::-1]
+        # (x / 255 - mean) / std == x * scale - offset, computed per BGR channel
+        self._scale = (1.0 / (255.0 * std_bgr)).astype(np.float32)
+        self._offset = (mean_bgr / std_bgr).astype(np.float32)
+        self._hwc = np.empty((size, size, 3), dtype=np.float32)
+        self.output = np.empty((1, 3, size, size), dtype=np.float32)
+        self._planned_for: tuple[int, int] | None = None
+
+    def _plan(self, height: int, width: int) -> None:
+        new_h, new_w = resized_shape(height, width, self.shortest_side)
+        top, left = crop_offsets(new_h, new_w, self.size)
+        self._resized = np.empty((new_h, new_w, 3), dtype=np.uint8)
+        self._crop = self._resized[top : top + self.size, left : left + self.size]
+        self._planned_for = (height, width)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(
+                f"expected a BGR uint8 frame [H, W, 3], got {frame.dtype}{frame.shape}"
+            )
+        if frame.shape[:2] != self._planned_for:
+            self._plan(*frame.shape[:2])
+        resized = self._resized
+        cv2.resize(frame, (resized.shape[1], resized.shape[0]), resized, 0, 0, self.interpolation)
+        np.multiply(self._crop, self._scale, out=self._hwc)
+        np.subtract(self._hwc, self._offset, out=self._hwc)
+        np.copyto(self.output[0], self._hwc.transpose(2, 0, 1)[::-1])
+        return self.output

@@ -1,0 +1,144 @@
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_bundle import rewrite_manifest
+
+from retrofit_agent.labels import save_label_bank
+
+AGENT = [sys.executable, "-m", "retrofit_agent"]
+
+
+def agent(*args, check_ok=False) -> subprocess.CompletedProcess:
+    result = subprocess.run([*AGENT, *map(str, args)], capture_output=True, text=True, timeout=120)
+    if check_ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The single error line; other stderr lines may only be warnings."""
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("retrofit-agent: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert all("warning" in line for line in lines if line not in errors), result.stderr
+    return errors[0]
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "retrofit-agent"
+    assert script.exists(), "pip install -e . should install the retrofit-agent script"
+    version = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("retrofit-agent ")
+
+
+def test_dry_run_json_and_queue_stats(tiny_bundle, real_video, tmp_path):
+    db = tmp_path / "obs.db"
+    result = agent("--dry-run", real_video, "--model", tiny_bundle, "--db", db,
+                   "--publish", f"ipc://{tmp_path}/pub.sock", "--json", check_ok=True)  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["frames"] == 221 and summary["stored_rows"] == 221
+    assert summary["fps"] > 0 and summary["latency_ms"]["inference"]["p50"] > 0
+    assert summary["model"]["name"] == "tiny-test"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM observations").fetchone()[0] == 221
+    stats = json.loads(agent("queue", "stats", "--db", db, check_ok=True).stdout)
+    assert stats["rows"] == stats["pending"] == 221
+    exported = agent("queue", "export", "--db", db, check_ok=True).stdout.splitlines()
+    assert len(exported) == 221 and json.loads(exported[0])["frame_index"] == 0
+
+
+def test_dry_run_text_summary_with_the_default_bundle(synthetic_video):
+    result = agent("--dry-run", synthetic_video, "--max-frames", 5, "--no-publish", check_ok=True)
+    assert "frames   5 processed" in result.stdout
+    assert "p50 ms" in result.stdout and "inference" in result.stdout
+    assert "random weights" in result.stderr  # the demo bundle says what it is
+
+
+def test_missing_video(tiny_bundle, tmp_path):
+    db = tmp_path / "obs.db"
+    result = agent("--dry-run", tmp_path / "absent.mp4", "--model", tiny_bundle, "--db", db)
+    assert result.returncode == 66
+    assert "absent.mp4: no such file or directory" in error_line(result)
+    assert not db.exists()
+
+
+def test_not_a_video(tiny_bundle, not_a_video, tmp_path):
+    db = tmp_path / "obs.db"
+    result = agent("--dry-run", not_a_video, "--model", tiny_bundle, "--db", db)
+    assert result.returncode == 66
+    assert "notes.mp4: not a readable video" in error_line(result)
+    assert not db.exists()
+
+
+def test_truncated_video_keeps_only_whole_rows(tiny_bundle, truncated_video, tmp_path):
+    db = tmp_path / "obs.db"
+    result = agent("--dry-run", truncated_video, "--model", tiny_bundle, "--db", db, "--no-publish")
+    assert result.returncode == 66
+    decoded = re.search(r"truncated\.avi: video ends after (\d+) of 40 frames", error_line(result))
+    assert decoded and 0 < int(decoded[1]) < 40
+    with sqlite3.connect(db) as conn:  # the frames decoded before the cut, each row complete
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT seq, length(embedding) FROM observations").fetchall()
+    assert [seq for seq, _ in rows] == list(range(1, int(decoded[1]) + 1))
+    assert {size for _, size in rows} == {32 * 2}
+
+
+def test_bundle_with_wrong_hash(bundle_copy, synthetic_video, tmp_path):
+    (bundle_copy / "labels.npz").write_bytes(b"tampered")
+    db = tmp_path / "obs.db"
+    result = agent("--dry-run", synthetic_video, "--model", bundle_copy, "--db", db)
+    assert result.returncode == 65
+    assert "labels.npz: sha256" in error_line(result) and "does not match" in result.stderr
+    assert not db.exists()
+
+
+def test_label_bank_of_wrong_dimension(bundle_copy, synthetic_video, tmp_path):
+    save_label_bank(bundle_copy / "labels.npz", ["a"], ["g"], np.eye(1, 48), [0.0],
+                    {"g": "exclusive"})  # fmt: skip
+    rewrite_manifest(bundle_copy)
+    db = tmp_path / "obs.db"
+    result = agent("--dry-run", synthetic_video, "--model", bundle_copy, "--db", db)
+    assert result.returncode == 65
+    assert "label embeddings have dimension 48, but student.int8.onnx outputs 32" in error_line(
+        result
+    )
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("[store]\nmax_rowz = 10\n", "store.max_rowz: unknown key"),
+        ("[store]\nmax_rows = 'ten'\n", "store.max_rows: Input should be a valid integer"),
+        ("[publish]\nenabled = 3\n", "publish.enabled: Input should be a valid boolean"),
+    ],
+)
+def test_bad_config(tiny_bundle, synthetic_video, tmp_path, config, expected):
+    path = tmp_path / "agent.toml"
+    path.write_text(config)
+    db = tmp_path / "obs.db"
+    result = agent(
+        "--dry-run", synthetic_video, "--model", tiny_bundle, "--config", path, "--db", db
+    )
+    assert result.returncode == 78
+    line = error_line(result)
+    assert str(path) in line and expected in line
+    assert not db.exists()
+
+
+def test_queue_stats_on_missing_database(tmp_path):
+    result = agent("queue", "stats", "--db", tmp_path / "absent.db")
+    assert result.returncode == 74
+    assert "no such observation database" in error_line(result)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_usage_errors():
+    assert agent().returncode == 2
+    assert agent("--dry-run", "x.mp4", "--max-frames", "0").returncode == 2
