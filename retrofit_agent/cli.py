@@ -34,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--dry-run", metavar="VIDEO", type=Path,
+        "--dry-run",
+        metavar="VIDEO",
+        type=Path,
         help="run the whole pipeline on a video file or image folder, print a summary, exit",
-    )  # fmt: skip
+    )
     parser.add_argument("--config", type=Path, help="agent config (TOML)")
     parser.add_argument("--model", type=Path, help="model bundle directory (default: bundled)")
     parser.add_argument("--labels", type=Path, help="a labels.npz replacing the bundle's")

@@ -12,7 +12,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
@@ -21,6 +21,7 @@ from retrofit_agent.errors import ConfigError
 ENV_PREFIX = "RETROFIT_AGENT_"
 ENV_NESTING = "__"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -80,6 +81,16 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
     """Read `path` (TOML), apply RETROFIT_AGENT_* variables, then `overrides` (dotted keys)."""
+    return load_validated(AgentConfig, path, environ, overrides)
+
+
+def load_validated(
+    model: type[M],
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> M:
+    """Any strict config model from TOML, RETROFIT_AGENT_* variables and dotted overrides."""
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
     origins: dict[tuple[str, ...], str] = {}
     environ = os.environ if environ is None else environ
@@ -94,7 +105,7 @@ def load_config(
             _set_path(data, keys, value)
             origins[keys] = f"option {dotted}"
     try:
-        return AgentConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         where = str(path) if path is not None else "configuration"
         raise ConfigError(_describe(exc, where, origins)) from None

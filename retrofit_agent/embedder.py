@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from retrofit_agent.errors import BundleError
+from retrofit_agent.errors import BundleError, one_line
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
@@ -35,9 +35,8 @@ class Embedder:
                 str(model_path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise BundleError(
-                f"{model_path}: onnxruntime cannot load the model: {reason}"
+                f"{model_path}: onnxruntime cannot load the model: {one_line(exc)}"
             ) from None
         self._check_signature(model_path, size, embedding_dim)
 

@@ -43,3 +43,9 @@ class StoreError(RetrofitError):
     """The observation database cannot be opened or written."""
 
     exit_code = 74  # EX_IOERR
+
+
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    """A third-party exception's text collapsed onto one line, for our one-line errors."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -65,7 +65,12 @@ class Preprocessor:
         self._crop = self._resized[top : top + self.size, left : left + self.size]
         self._planned_for = (height, width)
 
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
+    def crop(self, frame: np.ndarray) -> np.ndarray:
+        """The geometric half: the resized, centre-cropped BGR uint8 [size, size, 3] (a view).
+
+        Training caches these crops and normalises in torch, so the student learns on exactly
+        the pixels the camera will give it.
+        """
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(
                 f"expected a BGR uint8 frame [H, W, 3], got {frame.dtype}{frame.shape}"
@@ -74,7 +79,10 @@ class Preprocessor:
             self._plan(*frame.shape[:2])
         resized = self._resized
         cv2.resize(frame, (resized.shape[1], resized.shape[0]), resized, 0, 0, self.interpolation)
-        np.multiply(self._crop, self._scale, out=self._hwc)
+        return self._crop
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        np.multiply(self.crop(frame), self._scale, out=self._hwc)
         np.subtract(self._hwc, self._offset, out=self._hwc)
         np.copyto(self.output[0], self._hwc.transpose(2, 0, 1)[::-1])
         return self.output

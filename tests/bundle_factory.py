@@ -52,11 +52,15 @@ def conv_net(size: int, dim: int, channels: Sequence[int], rng: np.random.Genera
         ]
         nodes += [
             helper.make_node(
-                "Conv", [name, f"conv{i}.w", f"conv{i}.b"], [f"conv{i}"],
-                kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                "Conv",
+                [name, f"conv{i}.w", f"conv{i}.b"],
+                [f"conv{i}"],
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
             ),
             helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"]),
-        ]  # fmt: skip
+        ]
         previous, name = width, f"relu{i}"
     projection = rng.normal(0, 1 / np.sqrt(previous), (previous, dim)).astype(np.float32)
     inits.append(numpy_helper.from_array(projection, "proj.w"))
@@ -129,9 +133,13 @@ def build_bundle(
     text = rng.normal(0, 1, (len(names), dim))
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     save_label_bank(
-        path / "labels.npz", names, groups, text, thresholds,
+        path / "labels.npz",
+        names,
+        groups,
+        text,
+        thresholds,
         {group: kind for group, (kind, _, _) in LABEL_SET.items()},
-    )  # fmt: skip
+    )
 
     write_manifest(
         path,

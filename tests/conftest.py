@@ -30,6 +30,15 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory):
+    """A random-weight tiny CLIP (OpenCLIP config + checkpoint); skips without [distill]."""
+    pytest.importorskip("open_clip", reason="needs the [distill] extra")
+    from distill_fixtures import make_teacher
+
+    return make_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="session")
 def real_video() -> Path:
     if not REAL_VIDEO.is_file():
         pytest.skip(f"real footage not found at {REAL_VIDEO} (../shared is absent)")

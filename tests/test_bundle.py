@@ -66,8 +66,11 @@ def test_label_bank_of_wrong_dimension_is_refused(bundle_copy):
         bundle_copy / "labels.npz", ["a", "b", "c"], ["g"] * 3, text, [0.0] * 3, {"g": "exclusive"}
     )
     rewrite_manifest(bundle_copy)  # hashes right, dimensions wrong
-    with pytest.raises(BundleError, match=r"labels\.npz: label embeddings have dimension 16, "
-                       r"but student\.int8\.onnx outputs 32"):  # fmt: skip
+    with pytest.raises(
+        BundleError,
+        match=r"labels\.npz: label embeddings have dimension 16, "
+        r"but student\.int8\.onnx outputs 32",
+    ):
         pipeline_for(bundle_copy)
 
 
@@ -80,8 +83,11 @@ def test_labels_override_of_wrong_dimension_is_refused(tiny_bundle, tmp_path):
 
 def test_manifest_dimension_disagreeing_with_model(bundle_copy):
     rewrite_manifest(bundle_copy, embedding_dim=64)
-    with pytest.raises(BundleError, match=r"output 'embedding' has shape \['N', 32\], "
-                       "manifest says embedding_dim 64"):  # fmt: skip
+    with pytest.raises(
+        BundleError,
+        match=r"output 'embedding' has shape \['N', 32\], "
+        "manifest says embedding_dim 64",
+    ):
         pipeline_for(bundle_copy)
     rewrite_manifest(bundle_copy, embedding_dim=32, size=96)
     with pytest.raises(BundleError, match=r"manifest says \[N, 3, 96, 96\]"):

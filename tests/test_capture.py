@@ -133,8 +133,11 @@ def test_camera_that_stalls_raises_device_lost_not_a_hang():
 
 def test_reader_keeps_all_with_bounded_queue():
     produced = iter(range(100))
-    reader = FrameReader(lambda: np.full(1, v) if (v := next(produced, None)) is not None else None,
-                         keep_all=True, capacity=3)  # fmt: skip
+    reader = FrameReader(
+        lambda: np.full(1, v) if (v := next(produced, None)) is not None else None,
+        keep_all=True,
+        capacity=3,
+    )
     time.sleep(0.1)
     assert reader.read_count <= 3  # blocked by the bound, not read ahead
     values = []

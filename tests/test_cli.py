@@ -39,8 +39,18 @@ def test_console_script_is_installed():
 
 def test_dry_run_json_and_queue_stats(tiny_bundle, real_video, tmp_path):
     db = tmp_path / "obs.db"
-    result = agent("--dry-run", real_video, "--model", tiny_bundle, "--db", db,
-                   "--publish", f"ipc://{tmp_path}/pub.sock", "--json", check_ok=True)  # fmt: skip
+    result = agent(
+        "--dry-run",
+        real_video,
+        "--model",
+        tiny_bundle,
+        "--db",
+        db,
+        "--publish",
+        f"ipc://{tmp_path}/pub.sock",
+        "--json",
+        check_ok=True,
+    )
     summary = json.loads(result.stdout)
     assert summary["frames"] == 221 and summary["stored_rows"] == 221
     assert summary["fps"] > 0 and summary["latency_ms"]["inference"]["p50"] > 0
@@ -99,8 +109,9 @@ def test_bundle_with_wrong_hash(bundle_copy, synthetic_video, tmp_path):
 
 
 def test_label_bank_of_wrong_dimension(bundle_copy, synthetic_video, tmp_path):
-    save_label_bank(bundle_copy / "labels.npz", ["a"], ["g"], np.eye(1, 48), [0.0],
-                    {"g": "exclusive"})  # fmt: skip
+    save_label_bank(
+        bundle_copy / "labels.npz", ["a"], ["g"], np.eye(1, 48), [0.0], {"g": "exclusive"}
+    )
     rewrite_manifest(bundle_copy)
     db = tmp_path / "obs.db"
     result = agent("--dry-run", synthetic_video, "--model", bundle_copy, "--db", db)

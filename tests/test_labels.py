@@ -16,11 +16,12 @@ def bank_file(tmp_path, **change):
     fields = {
         "names": ["clear", "rain", "car", "pedestrian"],
         "groups": ["weather", "weather", "users", "users"],
-        "embeddings": np.stack([unit([1, 0, 0, 0]), unit([0, 1, 0, 0]), unit([0, 0, 1, 0]),
-                                unit([0, 0, 0, 1])]),
+        "embeddings": np.stack(
+            [unit([1, 0, 0, 0]), unit([0, 1, 0, 0]), unit([0, 0, 1, 0]), unit([0, 0, 0, 1])]
+        ),
         "thresholds": [0.6, 0.6, 0.3, 0.3],
         "group_kinds": KINDS,
-    }  # fmt: skip
+    }
     fields.update(change)
     path = tmp_path / "labels.npz"
     save_label_bank(path, **fields)

@@ -58,8 +58,15 @@ def test_topics_parts_and_filtering(tmp_path):
         publisher.publish(obs, obs.header_json())
 
     topics = [everything.recv_multipart()[0] for _ in range(7)]
-    assert topics == [b"obs", b"label.users.car", b"label.weather.rain", b"obs",
-                      b"label.weather.rain", b"obs", b"label.users.car"]  # fmt: skip
+    assert topics == [
+        b"obs",
+        b"label.users.car",
+        b"label.weather.rain",
+        b"obs",
+        b"label.weather.rain",
+        b"obs",
+        b"label.users.car",
+    ]
     received = [cars.recv_multipart() for _ in range(2)]
     for (topic, header, embedding), expected in zip(received, (sent[0], sent[2]), strict=True):
         assert topic == b"label.users.car"

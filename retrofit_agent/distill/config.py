@@ -1,0 +1,123 @@
+"""The distillation run configuration: strict pydantic sections loaded from a TOML file.
+
+Validated like the agent's config (unknown keys are errors naming the file and key), so a run on
+a GPU cluster fails at start, not after hours, when a key is misspelt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+from retrofit_agent.config import load_validated
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherConfig(Section):
+    """An open_clip model: by name + pretrained tag, or name + local checkpoint file.
+
+    `config_json` registers a custom architecture from an open_clip model-config JSON (how the
+    small teachers in this project are made); its file name without .json is the architecture.
+    """
+
+    architecture: str = "ViT-B-32"
+    pretrained: str | None = Field("openai", description="open_clip pretrained tag")
+    checkpoint: Path | None = Field(None, description="local weights instead of a tag")
+    config_json: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> TeacherConfig:
+        if self.checkpoint is not None:
+            self.pretrained = None
+        return self
+
+
+class StudentConfig(Section):
+    """A timm backbone (any registered name) plus an MLP projection head."""
+
+    backbone: str = "efficientnet_b3"
+    backbone_weights: Path | None = None
+    hidden: list[PositiveInt] = [1024]
+    dropout: float = Field(0.1, ge=0, lt=1)
+    image_size: PositiveInt = 224
+    shortest_side: PositiveInt | None = Field(None, description="default: image_size")
+    interpolation: Literal["bilinear", "bicubic", "area"] = "bicubic"
+
+
+class DataConfig(Section):
+    """Unlabelled images (folders, searched recursively) and frames sampled from videos."""
+
+    images: list[Path] = []
+    videos: list[Path] = []
+    video_stride: PositiveInt = Field(10, description="every Nth frame of each video")
+    cache_dir: Path | None = Field(None, description="default: <out_dir>/cache")
+    color_jitter: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation")
+    flip: bool = Field(False, description="horizontal flips (the teacher saw the unflipped view)")
+
+
+class LossConfig(Section):
+    """Weights (0 switches a loss off) and the settings of the three distillation losses."""
+
+    feature: NonNegativeFloat = 1.0
+    feature_kind: Literal["cosine", "mse"] = "cosine"
+    contrastive: NonNegativeFloat = 0.5
+    contrastive_temperature: PositiveFloat = 0.07
+    crossmodal: NonNegativeFloat = Field(0.0, description="needs prompts")
+    crossmodal_temperature: PositiveFloat | None = Field(
+        None, description="default: 1 / the teacher's logit scale"
+    )
+    prompts: list[str] = Field([], description="text bank for the cross-modal loss")
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> LossConfig:
+        if self.feature + self.contrastive + self.crossmodal == 0:
+            raise ValueError("all loss weights are 0")
+        if self.crossmodal and not self.prompts:
+            raise ValueError("the cross-modal loss needs prompts (or set crossmodal = 0)")
+        return self
+
+
+class TrainConfig(Section):
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = Field(64, description="per process")
+    lr: PositiveFloat = 1e-3
+    min_lr: NonNegativeFloat = 1e-5
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: NonNegativeFloat = 0.05
+    grad_clip: NonNegativeFloat = Field(1.0, description="0 disables clipping")
+    checkpoint_every: PositiveInt = 200
+    log_every: PositiveInt = 10
+    seed: int = 0
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA; ignored on CPU")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+
+
+class RunConfig(Section):
+    out_dir: Path = Path("runs/distill")
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    data: DataConfig = DataConfig()
+    losses: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data.cache_dir or self.out_dir / "cache"
+
+
+def load_run_config(path: Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a run config TOML with dotted-key overrides from the command line."""
+    return load_validated(RunConfig, path, environ={}, overrides=overrides)

@@ -1,0 +1,96 @@
+"""The CLIP teacher through open_clip: frozen, in eval mode, image and text embeddings.
+
+The same code path serves a real CLIP (`ViT-B-32` + `openai`, downloaded by open_clip on a
+machine that can reach the hub), a local checkpoint file, and the small teachers this project
+trains itself (an open_clip model-config JSON + checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
+
+from retrofit_agent.bundle import sha256_file
+from retrofit_agent.distill.config import TeacherConfig
+from retrofit_agent.errors import ConfigError, one_line
+
+
+class Teacher:
+    def __init__(self, config: TeacherConfig, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.identity = teacher_identity(config)
+        if config.config_json is not None:
+            if not config.config_json.is_file():
+                raise ConfigError(f"teacher.config_json: {config.config_json}: no such file")
+            open_clip.add_model_config(config.config_json)
+        if config.architecture not in open_clip.list_models():
+            raise ConfigError(
+                f"teacher.architecture: {config.architecture!r} is not an open_clip model "
+                "(give teacher.config_json for a custom one)"
+            )
+        weights = config.pretrained
+        if config.checkpoint is not None:
+            if not config.checkpoint.is_file():
+                raise ConfigError(f"teacher.checkpoint: {config.checkpoint}: no such file")
+            weights = str(config.checkpoint)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                config.architecture, pretrained=weights, device=self.device
+            )
+        except Exception as exc:  # torch/open_clip raise many types (unpickling, size mismatch)
+            raise ConfigError(
+                f"teacher: cannot load {config.architecture} weights {weights!r}: {one_line(exc)}"
+            ) from None
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(config.architecture)
+        self.logit_scale = float(model.logit_scale.exp())
+        self.mean = tuple(getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN)
+        self.std = tuple(getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD)
+        self.dim = int(open_clip.get_model_config(config.architecture)["embed_dim"])
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """L2-normalised embeddings [N, D] of BGR uint8 frames, with the teacher's preprocessing."""
+        batch = torch.stack(
+            [self.preprocess(Image.fromarray(np.ascontiguousarray(i[..., ::-1]))) for i in images]
+        )
+        return self.model.encode_image(batch.to(self.device), normalize=True).float()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings [N, D]."""
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return self.model.encode_text(tokens, normalize=True).float()
+
+
+def teacher_identity(config: TeacherConfig) -> dict[str, Any]:
+    """What the manifest records: the name + tag, or the checkpoint's sha256."""
+    identity: dict[str, Any] = {"kind": "open_clip", "architecture": config.architecture}
+    if config.checkpoint is not None and config.checkpoint.is_file():
+        identity["checkpoint_sha256"] = sha256_file(config.checkpoint)
+    else:
+        identity["pretrained"] = config.pretrained
+    if config.config_json is not None and config.config_json.is_file():
+        identity["config_json_sha256"] = sha256_file(config.config_json)
+    return identity
+
+
+def save_teacher(
+    model: torch.nn.Module, config_json: dict[str, Any], out_dir: Path, name: str
+) -> TeacherConfig:
+    """Write an OpenCLIP-format checkpoint plus its model config; returns how to load them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    torch.save({"state_dict": model.state_dict()}, out_dir / f"{name}.pt")
+    return TeacherConfig(
+        architecture=name, checkpoint=out_dir / f"{name}.pt", config_json=out_dir / f"{name}.json"
+    )
