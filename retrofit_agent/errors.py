@@ -43,3 +43,15 @@ class StoreError(RetrofitError):
     """The observation database cannot be opened or written."""
 
     exit_code = 74  # EX_IOERR
+
+
+class UploadError(RetrofitError):
+    """The ingest endpoint was unreachable or did not acknowledge; a later try may succeed."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class UploadRefused(UploadError):
+    """The endpoint refuses this device (credentials, certificate, address): retrying won't help."""
+
+    exit_code = 77  # EX_NOPERM
