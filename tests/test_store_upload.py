@@ -11,8 +11,7 @@ def test_pending_rows_in_either_order_and_only_committed(tmp_path):
     oldest = store.pending_rows(3)
     assert [seq for seq, _, _ in oldest] == [1, 2, 3]
     assert [seq for seq, _, _ in store.pending_rows(10, newest_first=True)] == [5, 4, 3, 2, 1]
-    seq, header, embedding = oldest[0]
-    assert header == added[0].header_json().decode() and embedding == added[0].embedding
+    assert oldest[0] == (1, added[0].header_json().decode(), added[0].embedding)
     store.close()
 
 
