@@ -8,9 +8,12 @@ The wire protocol is docs/upload-protocol.md; retrofit_agent.ingest is its refer
 - Every failed attempt waits a full-jitter exponential backoff, uniform in
   [0, min(cap, base * 2**(failures - 1))], or longer if the server sent Retry-After: a dead link
   costs a bounded number of requests per hour, and a fleet does not retry in lockstep.
-- A batch refused for its content (400, 413, 422) is halved until the culprit stands alone,
-  and that row is quarantined; rows the server rejects one by one are quarantined at once.
-  Other 4xx and certificate failures mean the device is misconfigured: nothing is quarantined.
+- A batch refused for its content (400, 413, 422) is halved at once until the culprit stands
+  alone (at most log2(batch_rows) requests), and that row is quarantined, then the backoff
+  applies: a backend that wrongly refuses everything gets one quarantined row per backoff, not
+  a whole fleet's queues. Rows the server rejects in its acknowledgement are quarantined at
+  once. Other 4xx and certificate failures mean the device is misconfigured: nothing is
+  quarantined.
 - Request bodies count against a daily byte budget (per UTC day, kept in the store so restarts
   cannot reset it) and are paced to a maximum rate; batches start only inside upload windows.
 
@@ -242,7 +245,7 @@ class Uploader:
     def drain(self, stop: threading.Event | None = None, once: bool = False) -> DrainStats:
         """Run steps until `stop` is set or Ctrl-C. With `once`, also stop when the queue is
         empty or the window or budget closes, raise UploadRefused on a refusal and UploadError
-        after `give_up_after` failures in a row."""
+        after `give_up_after` failures in a row (a quarantined row counts as one)."""
         stop = stop or threading.Event()
         stats = DrainStats()
         started = time.monotonic()
@@ -254,7 +257,9 @@ class Uploader:
                 stats.wall_s = time.monotonic() - started
                 if step.outcome is Outcome.SENT:
                     failed_in_row = 0
-                failed_in_row += step.outcome is Outcome.FAILED
+                failed_in_row += step.outcome is Outcome.FAILED or (
+                    step.outcome is Outcome.REJECTED and step.quarantined > 0
+                )
                 if once:
                     if step.outcome in (Outcome.EMPTY, Outcome.WINDOW, Outcome.BUDGET):
                         break
@@ -360,7 +365,8 @@ class Uploader:
         are accepted meanwhile keep the small size, so the search stays near the culprit."""
         if len(payload.seqs) > 1:
             self._batch_rows = len(payload.seqs) // 2
-            return self._failed(Outcome.REJECTED, payload, error)
+            log.warning("%s; trying %d rows of the %d", error, self._batch_rows, len(payload.seqs))
+            return Step(Outcome.REJECTED, self._wait(), len(payload.body), error=error)
         self.store.set_state(payload.seqs, QUARANTINED)
         self._batch_rows = self.config.batch_rows
         log.warning("seq %d quarantined, the server refused it: %s", payload.seqs[0], error)

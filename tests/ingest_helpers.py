@@ -37,6 +37,7 @@ HOLD_S = 10.0  # longest a handler is held by "hang" or "store_and_hold"
 
 FAULTS = {
     "ok": "answers normally",
+    "400": "bad request (the whole batch)",
     "500": "server error",
     "429": "too many requests, Retry-After: 1",
     "reset": "connection reset after half the request body",
@@ -65,7 +66,7 @@ class FaultyHandler(IngestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(length)
-        if fault in ("500", "429"):
+        if fault in ("400", "500", "429"):
             headers = {"Retry-After": "1"} if fault == "429" else {}
             self.answer(int(fault), b'{"error": "injected"}', headers)
         elif fault == "hang":

@@ -176,6 +176,23 @@ def test_a_batch_refused_whole_is_halved_until_the_bad_row_is_quarantined(
     assert stats.requests == 12
 
 
+def test_a_server_refusing_everything_quarantines_slowly_and_once_gives_up(
+    queue, database, tmp_path
+):
+    with serving(FaultyServer(database, ["400"] * 1000)) as server:
+        up = uploader(server.url, tmp_path, queue, batch_rows=4, give_up_after=3)
+        halved = [up.run_once(), up.run_once()]  # 4 rows refused, then 2: no waiting
+        assert [(s.outcome, s.wait_s, s.quarantined) for s in halved] == [
+            (Outcome.REJECTED, 0, 0)
+        ] * 2
+        alone = up.run_once()  # the first row alone: quarantined, then the backoff
+        assert (alone.outcome, alone.quarantined) == (Outcome.REJECTED, 1) and alone.wait_s > 0
+        with pytest.raises(UploadError, match="gave up after 3 failed attempts.*HTTP 400"):
+            up.drain(once=True)
+    assert len(server.requests) == 12  # (4 -> 2 -> 1, quarantine) four times
+    assert states(queue) == {PENDING: ROWS - 4, UPLOADED: 0, QUARANTINED: 4}
+
+
 def test_budget_stops_uploads_and_resumes_the_next_day(queue, database, tmp_path):
     now = [datetime(2026, 11, 29, 23, 0, tzinfo=UTC)]
     budget = 1500
