@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--once", action="store_true", help="exit when the queue is empty or budget/window stop"
     )
     upload.add_argument("--db", type=Path, dest="upload_db", help="database (default: config's)")
+    # also accepted after the command; SUPPRESS keeps a --config given before it
+    upload.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent config")
     return parser
 
 

@@ -82,7 +82,7 @@ def test_killed_mid_batch_then_restarted_loses_nothing(database, tmp_path):
         assert held, first.stderr.read()
         assert client_uploaded(db) == set(range(1, 21))  # batch 2 stored, never acknowledged
         server.release.set()
-        result = agent("--config", config, "upload", "--once", "--db", db, check_ok=True)
+        result = agent("upload", "--once", "--db", db, "--config", config, check_ok=True)
     summary = json.loads(result.stdout)
     assert (summary["uploaded"], summary["duplicates"]) == (40, 20)  # batch 2 sent again
     assert [seq for _, seq in database.stored_keys()] == list(range(1, 61))
