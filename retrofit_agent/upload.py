@@ -196,7 +196,12 @@ def read_token(path: Path) -> str:
 
 
 class Uploader:
-    """Sends pending rows of `store` to `config.endpoint`; call it from one thread only."""
+    """Sends pending rows of `store` to `config.endpoint`, from one thread only.
+
+    In the service, give it a thread and its own Store on the queue's database (SQLite
+    connections stay in their thread); then `uploader.drain(stop)`, or step by step:
+    `step = uploader.run_once(); stop.wait(step.wait_s)`.
+    """
 
     def __init__(
         self,
