@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from retrofit_agent.config import AgentConfig, load_config
 from retrofit_agent.errors import RetrofitError
 from retrofit_agent.publish import Publisher
 from retrofit_agent.store import Store
+from retrofit_agent.upload import Uploader
 
 INTERRUPTED = 130
 
@@ -53,7 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     queue = commands.add_parser("queue", help="inspect or maintain the observation database")
     queue.add_argument("action", choices=["stats", "export", "vacuum"])
     queue.add_argument("--db", type=Path, dest="queue_db", help="database (default: config's)")
-    queue.add_argument("--state", choices=["pending", "uploaded"], help="export: only this state")
+    queue.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent config")
+    queue.add_argument(
+        "--state", choices=["pending", "uploaded", "quarantined"], help="export: only this state"
+    )
+    upload = commands.add_parser("upload", help="send queued observations to the ingest server")
+    upload.add_argument(
+        "--once", action="store_true", help="exit when the queue is empty or budget/window stop"
+    )
+    upload.add_argument("--db", type=Path, dest="upload_db", help="database (default: config's)")
+    # also accepted after the command; SUPPRESS keeps a --config given before it
+    upload.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent config")
     return parser
 
 
@@ -69,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(args)
         if args.command == "queue":
             return queue_command(args)
+        if args.command == "upload":
+            return upload_command(args)
     except RetrofitError as exc:
         print(f"retrofit-agent: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -141,6 +155,26 @@ def queue_command(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def upload_command(args: argparse.Namespace) -> int:
+    """Drain the queue to `upload.endpoint`; print what was done as JSON."""
+    config = load_config(args.config, overrides={"store.path": args.upload_db})
+    logging.basicConfig(level=logging.WARNING, format="retrofit-agent: warning: %(message)s")
+    s = config.store
+    store = Store.open_existing(s.path, max_rows=s.max_rows, max_bytes=s.max_bytes)
+    try:
+        uploader = Uploader(config.upload, store)
+        try:
+            stats = uploader.drain(once=args.once)
+        finally:
+            uploader.close()
+        queue = store.stats()
+    finally:
+        store.close()
+    states = {k: queue[k] for k in ("pending", "uploaded", "quarantined")}
+    print(json.dumps({**stats.as_dict(), "queue": states}, indent=2))
+    return INTERRUPTED if stats.stopped == "interrupted" else 0
 
 
 class Progress:

@@ -7,14 +7,25 @@ key and what is wrong, on one line.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from retrofit_agent.errors import ConfigError
 
@@ -65,6 +76,56 @@ class PublishConfig(StrictModel):
     send_hwm: PositiveInt = Field(100, description="messages queued per subscriber, then dropped")
 
 
+def _parse_window(value: Any) -> Any:
+    """`"HH:MM-HH:MM"` (UTC) -> (start, end); an end before the start wraps past midnight."""
+    if not isinstance(value, str):
+        return value
+    try:
+        start, end = (datetime.time.fromisoformat(part.strip()) for part in value.split("-"))
+    except ValueError:
+        raise ValueError("expected HH:MM-HH:MM (UTC)") from None
+    if start == end:
+        raise ValueError("a window cannot end where it starts")
+    return start, end
+
+
+Window = Annotated[tuple[datetime.time, datetime.time], BeforeValidator(_parse_window)]
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class UploadConfig(StrictModel):
+    """The uploader (retrofit_agent.upload): where to, with which credentials, how much, when."""
+
+    endpoint: str | None = Field(None, description="https:// URL; plain http only to loopback")
+    token_file: Path = Path("/etc/retrofit-agent/upload.token")
+    ca_file: Path | None = Field(None, description="trust only this CA bundle (private PKI)")
+    tls_verify: bool = Field(True, description="false accepts any certificate: tests only")
+    timeout_s: PositiveFloat = Field(30.0, description="each connect, send and receive")
+    include_embeddings: bool = Field(False, description="they are most of the bytes")
+    order: Literal["oldest", "newest"] = "oldest"
+    batch_rows: PositiveInt = 500
+    batch_bytes: PositiveInt = Field(256 * 1024, description="compressed; bigger batches split")
+    backoff_base_s: PositiveFloat = 1.0
+    backoff_cap_s: PositiveFloat = 300.0
+    max_bytes_per_day: PositiveInt | None = Field(None, description="request bodies, UTC day")
+    max_bytes_per_s: PositiveInt | None = Field(None, description="averaged over requests")
+    windows: list[Window] = Field([], description="UTC HH:MM-HH:MM; empty: any time")
+    poll_interval_s: PositiveFloat = Field(30.0, description="queue empty: look again after")
+    give_up_after: PositiveInt = Field(8, description="upload --once: failures in a row")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _https_or_loopback(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if not parts.hostname or parts.scheme not in ("http", "https"):
+            raise ValueError("expected an https:// URL")
+        if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+            raise ValueError("plain http only to localhost; use https://")
+        return url
+
+
 class AgentConfig(StrictModel):
     device_id: str = Field(default_factory=socket.gethostname, min_length=1)
     model: Path = DEFAULT_MODEL
@@ -73,6 +134,7 @@ class AgentConfig(StrictModel):
     embedder: EmbedderConfig = EmbedderConfig()
     store: StoreConfig = StoreConfig()
     publish: PublishConfig = PublishConfig()
+    upload: UploadConfig = UploadConfig()
 
 
 def load_config(

@@ -45,6 +45,18 @@ class StoreError(RetrofitError):
     exit_code = 74  # EX_IOERR
 
 
+class UploadError(RetrofitError):
+    """The ingest endpoint was unreachable or did not acknowledge; a later try may succeed."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class UploadRefused(UploadError):
+    """The endpoint refuses this device (credentials, certificate, address): retrying won't help."""
+
+    exit_code = 77  # EX_NOPERM
+
+
 def one_line(exc: BaseException, limit: int = 240) -> str:
     """A third-party exception's text collapsed onto one line, for our one-line errors."""
     text = " ".join(str(exc).split()) or type(exc).__name__

@@ -10,6 +10,10 @@
   or its used pages exceed `max_bytes`, rows are deleted oldest uploaded first, then oldest
   pending. Insert and eviction share one transaction. Freed pages are reused, so the file stays
   near `max_bytes`; `retrofit-agent queue vacuum` returns the space to the filesystem.
+  Quarantined rows (refused for good by the ingest server) count as not uploaded: they are
+  evicted together with pending rows, oldest first, and stay for diagnosis as long as those.
+- Upload state: rows leave `pending` only through `set_state` (retrofit_agent.upload calls it
+  after the server's acknowledgement), so a crash re-sends instead of losing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ SCHEMA_VERSION = 1
 SEQ_BLOCK = 1000
 PENDING = "pending"
 UPLOADED = "uploaded"
+QUARANTINED = "quarantined"
 EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
 
 
@@ -183,6 +188,7 @@ class Store:
             "rows": sum(by_state.values()),
             "pending": by_state.get(PENDING, 0),
             "uploaded": by_state.get(UPLOADED, 0),
+            "quarantined": by_state.get(QUARANTINED, 0),
             "first_seq": first,
             "last_seq": last,
             "oldest_utc": oldest,
@@ -202,6 +208,39 @@ class Store:
         )
         for header, embedding in rows:
             yield Observation.model_validate({**json.loads(header), "embedding": embedding})
+
+    def pending_rows(self, limit: int, newest_first: bool = False) -> list[tuple[int, str, bytes]]:
+        """Up to `limit` committed pending rows (seq, header JSON, embedding) in upload order."""
+        order = "DESC" if newest_first else "ASC"
+        return self.db.execute(
+            "SELECT seq, header, embedding FROM observations WHERE state = ? "
+            f"ORDER BY seq {order} LIMIT ?",
+            [PENDING, limit],
+        ).fetchall()
+
+    def set_state(self, seqs: Iterable[int], state: str) -> None:
+        """Move pending rows to `state` in one transaction (rows evicted meanwhile are skipped)."""
+        try:
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "UPDATE observations SET state = ? WHERE seq = ? AND state = ?",
+                    [(state, seq, PENDING) for seq in seqs],
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot update upload state: {exc}") from None
+
+    def upload_spent(self, day: str) -> int:
+        """Bytes uploaded on `day` (a UTC date): kept here so a restart cannot reset the budget."""
+        return int(self._meta("upload_spent", 0)) if self._meta("upload_day", "") == day else 0
+
+    def add_upload_spent(self, day: str, nbytes: int) -> None:
+        try:
+            with self.db.atomic():
+                spent = self.upload_spent(day) + nbytes
+                self._set_meta("upload_day", day)
+                self._set_meta("upload_spent", spent)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot record upload bytes: {exc}") from None
 
     def vacuum(self) -> None:
         """Return freed pages to the filesystem and truncate the WAL."""
