@@ -30,7 +30,10 @@ END_TO_END = {"fp32": (1e-3, 0.9999), "int8": (1e-2, 0.999)}
 
 
 @pytest.mark.device
-@pytest.mark.skipif(not EXPECTED_MACHINE, reason="RETROFIT_EXPECT_MACHINE is not set")
+@pytest.mark.skipif(
+    not EXPECTED_MACHINE,
+    reason="RETROFIT_EXPECT_MACHINE is not set (tools/emulated_aarch64.py test)",
+)
 def test_runs_on_the_expected_machine():
     assert platform.machine() == EXPECTED_MACHINE
 
@@ -46,7 +49,7 @@ def test_aarch64_embeddings_match_this_machine(which, tiny_bundle, road_images, 
     frames += [rng.integers(0, 256, frames[0].shape, np.uint8), frames[0] // 8]  # noise, dusk
     np.save(tmp_path / "frames.npy", np.stack(frames))
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no x86 packages there
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONNOUSERSITE": "1"}
     script = Path(__file__).with_name("arch_embeddings.py")
     subprocess.run(
         [ARM64_PYTHON, script, bundle, tmp_path / "frames.npy", tmp_path / "arm64.npz"],

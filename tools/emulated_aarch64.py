@@ -41,8 +41,9 @@ print(f"{platform.machine()}: python {platform.python_version()}, numpy {numpy._
 
 
 def emulated_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This environment without PYTHONPATH: the emulated python must never see x86 packages."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | (extra or {})
+    """This environment, less the ways the emulated python could find x86 packages."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return env | {"PYTHONNOUSERSITE": "1"} | (extra or {})
 
 
 def emulated(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
