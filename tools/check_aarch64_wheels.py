@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import project_requirements
@@ -31,7 +32,7 @@ PLATFORMS = (
 )
 
 
-def resolve(requirements: list[str], python: str) -> tuple[list[str], str]:
+def resolve(requirements: Sequence[str], python: str) -> tuple[list[str], str]:
     """(wheel file names, "") for CPython `python` on aarch64, or ([], pip's errors)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
@@ -60,18 +61,14 @@ def glibc_needed(wheels: list[str]) -> tuple[int, int]:
     """The newest glibc any of `wheels` needs, from their manylinux tags."""
     needed = (2, 17)
     for wheel in wheels:
-        tags = wheel.removesuffix(".whl").rsplit("-", 1)[-1].split(".")
-        versions = [
-            (2, 17) if tag == "manylinux2014_aarch64" else (int(m[1]), int(m[2]))
-            for tag in tags
-            if tag == "manylinux2014_aarch64" or (m := re.match(r"manylinux_(\d+)_(\d+)_", tag))
-        ]
-        if versions:
+        tags = wheel.rsplit("-", 1)[-1].replace("manylinux2014", "manylinux_2_17")
+        versions = [(int(a), int(b)) for a, b in re.findall(r"manylinux_(\d+)_(\d+)_", tags)]
+        if versions:  # any one of a wheel's tags will do
             needed = max(needed, min(versions))
     return needed
 
 
-def check(requirements: list[str], pythons: list[str]) -> dict[str, list[str]]:
+def check(requirements: Sequence[str], pythons: Sequence[str]) -> dict[str, list[str]]:
     """Print what resolves per Python; return {missing package: [Python versions]}."""
     missing: dict[str, list[str]] = {}
     for python in pythons:
