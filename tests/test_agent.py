@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import zmq
 from test_publish import subscriber, wait_until_subscribed
 
@@ -10,6 +11,8 @@ from retrofit_agent.config import load_config
 from retrofit_agent.observation import Observation
 from retrofit_agent.publish import Publisher
 from retrofit_agent.store import Store
+
+pytestmark = pytest.mark.device
 
 
 def drain(socket: zmq.Socket) -> list[list[bytes]]:

@@ -10,6 +10,8 @@ from retrofit_agent.embedder import Embedder
 from retrofit_agent.errors import BundleError
 from retrofit_agent.labels import save_label_bank
 
+pytestmark = pytest.mark.device
+
 
 def rewrite_manifest(bundle, **change):
     """Re-hash the bundle's files (as a builder would) with some manifest fields changed."""

@@ -14,6 +14,8 @@ from retrofit_agent.capture import (
 )
 from retrofit_agent.errors import DeviceLost, SourceError, SourceTruncated
 
+pytestmark = pytest.mark.device
+
 
 def test_video_file_delivers_every_frame_in_order(synthetic_video):
     with open_source(synthetic_video) as source:

@@ -37,6 +37,7 @@ def test_console_script_is_installed():
     assert version.stdout.startswith("retrofit-agent ")
 
 
+@pytest.mark.device
 def test_dry_run_json_and_queue_stats(tiny_bundle, real_video, tmp_path):
     db = tmp_path / "obs.db"
     result = agent(
@@ -70,6 +71,7 @@ def test_dry_run_text_summary_with_the_default_bundle(synthetic_video):
     assert "random weights" in result.stderr  # the demo bundle says what it is
 
 
+@pytest.mark.device
 def test_missing_video(tiny_bundle, tmp_path):
     db = tmp_path / "obs.db"
     result = agent("--dry-run", tmp_path / "absent.mp4", "--model", tiny_bundle, "--db", db)
@@ -78,6 +80,7 @@ def test_missing_video(tiny_bundle, tmp_path):
     assert not db.exists()
 
 
+@pytest.mark.device
 def test_not_a_video(tiny_bundle, not_a_video, tmp_path):
     db = tmp_path / "obs.db"
     result = agent("--dry-run", not_a_video, "--model", tiny_bundle, "--db", db)
@@ -86,6 +89,7 @@ def test_not_a_video(tiny_bundle, not_a_video, tmp_path):
     assert not db.exists()
 
 
+@pytest.mark.device
 def test_truncated_video_keeps_only_whole_rows(tiny_bundle, truncated_video, tmp_path):
     db = tmp_path / "obs.db"
     result = agent("--dry-run", truncated_video, "--model", tiny_bundle, "--db", db, "--no-publish")
@@ -99,6 +103,7 @@ def test_truncated_video_keeps_only_whole_rows(tiny_bundle, truncated_video, tmp
     assert {size for _, size in rows} == {32 * 2}
 
 
+@pytest.mark.device
 def test_bundle_with_wrong_hash(bundle_copy, synthetic_video, tmp_path):
     (bundle_copy / "labels.npz").write_bytes(b"tampered")
     db = tmp_path / "obs.db"
@@ -108,6 +113,7 @@ def test_bundle_with_wrong_hash(bundle_copy, synthetic_video, tmp_path):
     assert not db.exists()
 
 
+@pytest.mark.device
 def test_label_bank_of_wrong_dimension(bundle_copy, synthetic_video, tmp_path):
     save_label_bank(
         bundle_copy / "labels.npz", ["a"], ["g"], np.eye(1, 48), [0.0], {"g": "exclusive"}
@@ -122,6 +128,7 @@ def test_label_bank_of_wrong_dimension(bundle_copy, synthetic_video, tmp_path):
     assert not db.exists()
 
 
+@pytest.mark.device
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
@@ -143,6 +150,7 @@ def test_bad_config(tiny_bundle, synthetic_video, tmp_path, config, expected):
     assert not db.exists()
 
 
+@pytest.mark.device
 def test_queue_stats_on_missing_database(tmp_path):
     result = agent("queue", "stats", "--db", tmp_path / "absent.db")
     assert result.returncode == 74
@@ -150,6 +158,7 @@ def test_queue_stats_on_missing_database(tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
+@pytest.mark.device
 def test_usage_errors():
     assert agent().returncode == 2
     assert agent("--dry-run", "x.mp4", "--max-frames", "0").returncode == 2

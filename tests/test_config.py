@@ -5,6 +5,8 @@ import pytest
 from retrofit_agent.config import AgentConfig, load_config
 from retrofit_agent.errors import ConfigError
 
+pytestmark = pytest.mark.device
+
 GOOD = """
 device_id = "cam-0042"
 model = "/opt/retrofit/models/road"

@@ -4,6 +4,8 @@ import pytest
 from retrofit_agent.errors import BundleError
 from retrofit_agent.labels import load_label_bank, save_label_bank
 
+pytestmark = pytest.mark.device
+
 KINDS = {"weather": "exclusive", "users": "multi"}
 
 

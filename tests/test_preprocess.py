@@ -4,6 +4,8 @@ import pytest
 
 from retrofit_agent.preprocess import INTERPOLATIONS, Preprocessor
 
+pytestmark = pytest.mark.device
+
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -9,6 +9,8 @@ from retrofit_agent.errors import ConfigError
 from retrofit_agent.observation import LabelScore, Observation
 from retrofit_agent.publish import Publisher
 
+pytestmark = pytest.mark.device
+
 
 def subscriber(endpoint: str, *topics: bytes) -> zmq.Socket:
     socket = zmq.Context.instance().socket(zmq.SUB)

@@ -12,6 +12,8 @@ from retrofit_agent.errors import StoreError
 from retrofit_agent.observation import LabelScore, ModelRef, Observation, encode_embedding
 from retrofit_agent.store import Store
 
+pytestmark = pytest.mark.device
+
 
 def observation(seq: int, dim: int = 32) -> Observation:
     rng = np.random.default_rng(seq)
