@@ -170,7 +170,7 @@ def load_validated(
         return model.model_validate(data)
     except ValidationError as exc:
         where = str(path) if path is not None else "configuration"
-        raise ConfigError(_describe(exc, where, origins)) from None
+        raise ConfigError(describe_errors(exc, where, origins)) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -202,7 +202,11 @@ def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
     data[keys[-1]] = value
 
 
-def _describe(exc: ValidationError, where: str, origins: dict[tuple[str, ...], str]) -> str:
+def describe_errors(
+    exc: ValidationError, where: str, origins: Mapping[tuple[str, ...], str] | None = None
+) -> str:
+    """Every validation error as `source: dotted.key: what is wrong`, joined on one line."""
+    origins = origins or {}
     problems = []
     for err in exc.errors():
         loc = tuple(str(part) for part in err["loc"])

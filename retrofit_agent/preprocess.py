@@ -82,7 +82,11 @@ class Preprocessor:
         return self._crop
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        np.multiply(self.crop(frame), self._scale, out=self._hwc)
+        return self.normalize(self.crop(frame))
+
+    def normalize(self, crop: np.ndarray) -> np.ndarray:
+        """The photometric half: a BGR uint8 crop [size, size, 3] to [1, 3, size, size]."""
+        np.multiply(crop, self._scale, out=self._hwc)
         np.subtract(self._hwc, self._offset, out=self._hwc)
         np.copyto(self.output[0], self._hwc.transpose(2, 0, 1)[::-1])
         return self.output

@@ -53,8 +53,11 @@ def test_aarch64_embeddings_match_this_machine(which, tiny_bundle, road_images, 
     script = Path(__file__).with_name("arch_embeddings.py")
     subprocess.run(
         [ARM64_PYTHON, script, bundle, tmp_path / "frames.npy", tmp_path / "arm64.npz"],
-        env=env, cwd=tmp_path, check=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        timeout=300,
+    )
     arm64 = np.load(tmp_path / "arm64.npz")
     assert str(arm64["machine"]) == "aarch64"
     host = embed_frames(bundle, np.stack(frames))
@@ -63,13 +66,17 @@ def test_aarch64_embeddings_match_this_machine(which, tiny_bundle, road_images, 
 
     same_inputs = embed_inputs(bundle, arm64["inputs"])
     report, failed = [], []
-    for what, ours, tolerance in (("same inputs", same_inputs, SAME_INPUTS),
-                                  ("same frames", host, END_TO_END)):  # fmt: skip
+    for what, ours, tolerance in (
+        ("same inputs", same_inputs, SAME_INPUTS),
+        ("same frames", host, END_TO_END),
+    ):
         for kind, (max_diff, min_cosine) in tolerance.items():
             diff = float(np.abs(arm64[kind] - ours[kind]).max())
             cosine = float((arm64[kind] * ours[kind]).sum(axis=1).min())
-            report.append(f"{which} bundle, {kind}, {what}, aarch64 vs {platform.machine()}: "
-                          f"max |diff| {diff:.1e}, min cosine {cosine:.8f}")  # fmt: skip
+            report.append(
+                f"{which} bundle, {kind}, {what}, aarch64 vs {platform.machine()}: "
+                f"max |diff| {diff:.1e}, min cosine {cosine:.8f}"
+            )
             if diff > max_diff or cosine < min_cosine:
                 failed.append(f"{report[-1]} (allowed {max_diff:.0e}, {min_cosine})")
     with capsys.disabled():

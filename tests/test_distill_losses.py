@@ -4,7 +4,7 @@ torch = pytest.importorskip("torch", reason="needs the [distill] extra")
 
 import torch.nn.functional as F  # noqa: E402
 
-from retrofit_agent.distill.config import LossConfig  # noqa: E402
+from retrofit_agent.distill.config import LossConfig, RunConfig  # noqa: E402
 from retrofit_agent.distill.losses import (  # noqa: E402
     DistillLoss,
     contrastive_loss,
@@ -57,5 +57,5 @@ def test_weighted_sum_and_gradients_flow(weights):
 def test_config_refuses_nothing_to_learn_and_crossmodal_without_prompts():
     with pytest.raises(ValueError, match="all loss weights are 0"):
         LossConfig(feature=0, contrastive=0, crossmodal=0)
-    with pytest.raises(ValueError, match="needs prompts"):
-        LossConfig(crossmodal=1.0)
+    with pytest.raises(ValueError, match="needs losses.prompts or labels.label_set"):
+        RunConfig(losses={"crossmodal": 1.0})

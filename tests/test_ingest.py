@@ -17,8 +17,11 @@ from test_store import observation
 from retrofit_agent import ingest
 from retrofit_agent.ingest import PATH, IngestDatabase, IngestServer
 
-HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip",
-           "Authorization": f"Bearer {TOKEN}"}  # fmt: skip
+HEADERS = {
+    "Content-Type": "application/json",
+    "Content-Encoding": "gzip",
+    "Authorization": f"Bearer {TOKEN}",
+}
 
 
 def row(seq: int, embedding: bool = True) -> dict:
@@ -56,8 +59,13 @@ def server(tmp_path: Path) -> IngestServer:
 def test_stores_once_and_acknowledges_every_copy(server):
     status, ack = post(server.url, batch([row(1), row(2, embedding=False)]))
     assert status == 200
-    assert ack == {"protocol": 1, "batch_id": "b-1", "accepted": [1, 2], "rejected": [],
-                   "duplicates": 0}  # fmt: skip
+    assert ack == {
+        "protocol": 1,
+        "batch_id": "b-1",
+        "accepted": [1, 2],
+        "rejected": [],
+        "duplicates": 0,
+    }
     status, ack = post(server.url, batch([row(2), row(3)], batch_id="b-2"))
     assert (status, ack["accepted"], ack["duplicates"]) == (200, [2, 3], 1)
     assert server.database.stored_keys() == [("cam-1", 1), ("cam-1", 2), ("cam-1", 3)]
@@ -77,8 +85,13 @@ def test_a_bad_row_is_rejected_alone(server):
     ("body", "headers", "path", "status", "error"),
     [
         (batch([row(1)]), {**HEADERS, "Authorization": "Bearer nope"}, PATH, 401, "token"),
-        (batch([row(1)]), {k: v for k, v in HEADERS.items() if k != "Authorization"}, PATH, 401,
-         "token"),
+        (
+            batch([row(1)]),
+            {k: v for k, v in HEADERS.items() if k != "Authorization"},
+            PATH,
+            401,
+            "token",
+        ),
         (batch([row(1)]), HEADERS, "/v2/things", 404, "no such endpoint"),
         (batch([row(1)]), {**HEADERS, "Content-Type": "text/plain"}, PATH, 415, "Content-Type"),
         (batch([row(1)]), {**HEADERS, "Content-Encoding": "br"}, PATH, 415, "Content-Encoding"),
@@ -93,7 +106,7 @@ def test_a_bad_row_is_rejected_alone(server):
         (batch([{**row(1), "seq": "1"}]), HEADERS, PATH, 400, "no integer seq"),
         (batch(["a row"]), HEADERS, PATH, 400, "rows.0"),
     ],
-)  # fmt: skip
+)
 def test_refusals_store_nothing(server, body, headers, path, status, error):
     got, answer = post(server.url, body, headers, path)
     assert (got, answer["protocol"]) == (status, 1)
@@ -118,8 +131,17 @@ def test_body_and_inflated_size_are_bounded(server, monkeypatch):
 def test_runs_as_a_program(tmp_path):
     token = tmp_path / "token"
     token.write_text(TOKEN)
-    cmd = [sys.executable, "-m", "retrofit_agent.ingest", "--db", tmp_path / "in.db",
-           "--port", "0", "--token-file", token]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "retrofit_agent.ingest",
+        "--db",
+        tmp_path / "in.db",
+        "--port",
+        "0",
+        "--token-file",
+        token,
+    ]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             line = proc.stdout.readline()

@@ -61,8 +61,15 @@ def config(url: str, tmp_path: Path, **overrides) -> UploadConfig:
     """Fast timings: a test must finish in seconds even when every fault fires."""
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
-    settings = dict(endpoint=url, token_file=token, timeout_s=0.5, backoff_base_s=0.05,
-                    backoff_cap_s=0.4, give_up_after=20, batch_rows=20)  # fmt: skip
+    settings = dict(
+        endpoint=url,
+        token_file=token,
+        timeout_s=0.5,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.4,
+        give_up_after=20,
+        batch_rows=20,
+    )
     return UploadConfig(**{**settings, **overrides})
 
 
@@ -143,8 +150,16 @@ def test_an_answer_is_only_an_ack_for_the_batch_it_names():
         return json.dumps({"protocol": 1, "batch_id": "b1", "accepted": [1], **fields}).encode()
 
     assert read_ack(ack(), payload).accepted == [1]
-    for bad in [b"", b"<html>", b"[]", ack(batch_id="b2"), ack(accepted=[1, 9]),
-                ack(accepted=[]), ack(accepted=["1"]), ack(protocol=2)]:  # fmt: skip
+    for bad in [
+        b"",
+        b"<html>",
+        b"[]",
+        ack(batch_id="b2"),
+        ack(accepted=[1, 9]),
+        ack(accepted=[]),
+        ack(accepted=["1"]),
+        ack(protocol=2),
+    ]:
         with pytest.raises(ValueError):
             read_ack(bad, payload)
 
@@ -325,10 +340,15 @@ def test_missing_or_bad_token_file(queue, tmp_path):
 
 @pytest.mark.parametrize(
     ("endpoint", "ok"),
-    [("https://ingest.example.com/v1/observations", True), ("http://127.0.0.1:8080/x", True),
-     ("http://localhost/x", True), ("http://ingest.example.com/x", False), ("ftp://x/y", False),
-     ("ingest.example.com", False)],
-)  # fmt: skip
+    [
+        ("https://ingest.example.com/v1/observations", True),
+        ("http://127.0.0.1:8080/x", True),
+        ("http://localhost/x", True),
+        ("http://ingest.example.com/x", False),
+        ("ftp://x/y", False),
+        ("ingest.example.com", False),
+    ],
+)
 def test_endpoint_must_be_https_except_on_loopback(endpoint, ok):
     if ok:
         assert UploadConfig(endpoint=endpoint).endpoint == endpoint

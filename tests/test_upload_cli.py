@@ -25,9 +25,15 @@ def write_config(tmp_path: Path, endpoint: str, token: bool = True, **upload) ->
     token_file = tmp_path / "token"
     if token:
         token_file.write_text(TOKEN + "\n")
-    settings = {"endpoint": endpoint, "token_file": str(token_file), "timeout_s": 1.0,
-                "backoff_base_s": 0.05, "backoff_cap_s": 0.2, "give_up_after": 3,
-                **upload}  # fmt: skip
+    settings = {
+        "endpoint": endpoint,
+        "token_file": str(token_file),
+        "timeout_s": 1.0,
+        "backoff_base_s": 0.05,
+        "backoff_cap_s": 0.2,
+        "give_up_after": 3,
+        **upload,
+    }
     lines = ["[upload]"] + [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     path = tmp_path / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -50,13 +56,23 @@ def database(tmp_path: Path) -> IngestDatabase:
 
 def test_upload_once_drains_a_dry_run_of_the_real_video(tiny_bundle, real_video, tmp_path):
     db = tmp_path / "obs.db"
-    agent("--dry-run", real_video, "--model", tiny_bundle, "--db", db, "--no-publish",
-          check_ok=True)  # fmt: skip
-    server_cmd = [*AGENT[:2], "retrofit_agent.ingest", "--db", tmp_path / "ingest.db",
-                  "--port", "0", "--token-file", tmp_path / "token"]  # fmt: skip
+    agent(
+        "--dry-run", real_video, "--model", tiny_bundle, "--db", db, "--no-publish", check_ok=True
+    )
+    server_cmd = [
+        *AGENT[:2],
+        "retrofit_agent.ingest",
+        "--db",
+        tmp_path / "ingest.db",
+        "--port",
+        "0",
+        "--token-file",
+        tmp_path / "token",
+    ]
     (tmp_path / "token").write_text(TOKEN)
-    with subprocess.Popen(server_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True) as server:  # fmt: skip
+    with subprocess.Popen(
+        server_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as server:
         try:
             url = server.stdout.readline().split()[-1]
             config = write_config(tmp_path, url, include_embeddings=True)
@@ -102,14 +118,16 @@ def test_exit_codes_for_bad_input(database, tmp_path):
 
     with serving(FaultyServer(database)) as server:
         server.token = "another-token"
-        refused = agent("--config", write_config(tmp_path, server.url), "upload", "--once",
-                        "--db", db)  # fmt: skip
+        refused = agent(
+            "--config", write_config(tmp_path, server.url), "upload", "--once", "--db", db
+        )
     assert refused.returncode == 77 and "HTTP 401" in error_line(refused)
     assert TOKEN not in refused.stderr + refused.stdout
 
     (tmp_path / "token").unlink()
-    no_token = agent("--config", write_config(tmp_path, server.url, token=False), "upload",
-                     "--once", "--db", db)  # fmt: skip
+    no_token = agent(
+        "--config", write_config(tmp_path, server.url, token=False), "upload", "--once", "--db", db
+    )
     assert no_token.returncode == 78 and "token: no such file" in error_line(no_token)
 
     no_endpoint = agent("upload", "--once", "--db", db)

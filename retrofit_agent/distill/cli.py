@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from retrofit_agent.errors import RetrofitError
+
+COMMANDS = {
+    "train": "distil the teacher into the student (checkpoint.pt)",
+    "export": "student checkpoint to ONNX, checked against torch (student.fp32.onnx)",
+    "labels": "label-set TOML to labels.npz through the teacher's text tower",
+    "quantize": "INT8 variants timed and compared with FP32; ships the best (student.int8.onnx)",
+    "eval": "zero-shot top-1 of teacher and students on a labelled folder (eval.json, eval.png)",
+    "all": "every step not done yet, then the model bundle",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,14 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="retrofit-distill", description="Distil a CLIP teacher into a small student."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="distil the teacher into the student")
-    train.add_argument("--config", type=Path, required=True, help="run config (TOML)")
-    train.add_argument("--out-dir", type=Path, help="override out_dir")
-    train.add_argument("--steps", type=int, help="override train.steps")
-    train.add_argument("--batch-size", type=int, help="override train.batch_size (per process)")
-    train.add_argument("--lr", type=float, help="override train.lr")
-    train.add_argument("--device", help="override train.device (auto, cpu, cuda, cuda:N)")
-    train.add_argument("--resume", action="store_true", help="continue from out_dir's checkpoint")
+    for name, help_text in COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--config", type=Path, required=True, help="run config (TOML)")
+        command.add_argument("--out-dir", type=Path, help="override out_dir")
+        if name in ("train", "all"):
+            command.add_argument("--steps", type=int, help="override train.steps")
+            command.add_argument("--batch-size", type=int, help="override train.batch_size")
+            command.add_argument("--lr", type=float, help="override train.lr")
+            command.add_argument("--device", help="override train.device (auto, cpu, cuda:N)")
+        if name == "train":
+            command.add_argument("--resume", action="store_true", help="continue the checkpoint")
+        if name == "all":
+            command.add_argument("--force", action="store_true", help="replace the bundle dir")
     return parser
 
 
@@ -32,22 +47,55 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {
             "out_dir": args.out_dir,
-            "train.steps": args.steps,
-            "train.batch_size": args.batch_size,
-            "train.lr": args.lr,
-            "train.device": args.device,
+            "train.steps": getattr(args, "steps", None),
+            "train.batch_size": getattr(args, "batch_size", None),
+            "train.lr": getattr(args, "lr", None),
+            "train.device": getattr(args, "device", None),
         }
         config = load_run_config(args.config, overrides)
         try:
-            from retrofit_agent.distill.train import CHECKPOINT, train
+            from retrofit_agent.distill import pipeline
         except ImportError as exc:
             raise RetrofitError(
                 f"retrofit-distill needs the [distill] extra ({exc.name} is missing): "
                 'pip install -e ".[distill]"'
             ) from None
-        train(config, resume=args.resume)
-        print(f"checkpoint: {config.out_dir / CHECKPOINT}")
+        run(args, config, pipeline)
     except RetrofitError as exc:
         print(f"retrofit-distill: error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def run(args: argparse.Namespace, config, pipeline) -> None:
+    out = config.out_dir
+    if args.command == "train":
+        pipeline.train(config, resume=args.resume)
+        print(f"checkpoint: {out / pipeline.CHECKPOINT}")
+    elif args.command == "export":
+        report = pipeline.run_export(config)
+        print(f"{out / 'student.fp32.onnx'}: max abs diff to torch {report['max_abs_diff']:.2e}")
+    elif args.command == "labels":
+        print(pipeline.run_labels(config, pipeline.Teacher(config.teacher)))
+    elif args.command == "quantize":
+        print(format_quantize(pipeline.run_quantize(config)))
+    elif args.command == "eval":
+        report = pipeline.run_eval(config, pipeline.Teacher(config.teacher))
+        print(json.dumps({"top1": report["top1"], "retention": report["retention"]}, indent=2))
+    else:
+        pipeline.run_all(config, force=args.force)
+
+
+def format_quantize(report: dict) -> str:
+    lines = [
+        f"{'mode':<16}{'ms':>8}{'x fp32':>8}{'cosine':>9}{'min':>8}{'top1 agree':>12}",
+        f"{'fp32':<16}{report['fp32_latency_ms']:>8.2f}{1:>8.2f}",
+    ]
+    for v in report["variants"]:
+        agree = "-" if v["top1_agreement"] is None else f"{v['top1_agreement']:.3f}"
+        lines.append(
+            f"{v['mode']:<16}{v['latency_ms']:>8.2f}{v['speedup_vs_fp32']:>8.2f}"
+            f"{v['cosine_mean']:>9.4f}{v['cosine_min']:>8.4f}{agree:>12}"
+        )
+    lines.append(f"selected {report['selected']}: {report['reason']}")
+    return "\n".join(lines)

@@ -79,14 +79,12 @@ class LossConfig(Section):
     crossmodal_temperature: PositiveFloat | None = Field(
         None, description="default: 1 / the teacher's logit scale"
     )
-    prompts: list[str] = Field([], description="text bank for the cross-modal loss")
+    prompts: list[str] = Field([], description="text bank; default: the label set's prompts")
 
     @model_validator(mode="after")
     def _something_to_learn(self) -> LossConfig:
         if self.feature + self.contrastive + self.crossmodal == 0:
             raise ValueError("all loss weights are 0")
-        if self.crossmodal and not self.prompts:
-            raise ValueError("the cross-modal loss needs prompts (or set crossmodal = 0)")
         return self
 
 
@@ -105,6 +103,47 @@ class TrainConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
 
 
+class ExportConfig(Section):
+    opset: int = Field(17, ge=13)
+    parity_frames: PositiveInt = Field(16, description="cached frames compared torch vs ONNX")
+    max_abs_diff: PositiveFloat = 1e-4
+
+
+QuantMode = Literal["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8", "dynamic_u8"]
+
+
+class QuantizeConfig(Section):
+    """INT8 variants to try; the fastest one meeting `min_cosine` against FP32 is shipped."""
+
+    modes: list[QuantMode] = ["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8"]
+    calibration_frames: PositiveInt = 64
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    exclude_op_types: list[str] = Field([], description="left in FP32, e.g. ['Sigmoid', 'Mul']")
+    exclude_nodes: list[str] = Field([], description="node names left in FP32")
+    fidelity_frames: PositiveInt = Field(64, description="frames for cosine and label agreement")
+    min_cosine: float = Field(0.99, gt=0, le=1, description="mean cosine to FP32 required")
+    fallback: Literal["fail", "best"] = Field("fail", description="none passes: fail or ship best")
+    threads: PositiveInt = Field(1, description="intra-op threads while timing (the agent's)")
+    latency_runs: PositiveInt = 30
+
+
+class LabelsConfig(Section):
+    label_set: Path | None = Field(None, description="label-set TOML (contract 2)")
+
+
+class EvalConfig(Section):
+    """Zero-shot top-1 on a labelled folder: one sub-folder per class, its name the class."""
+
+    folder: Path | None = None
+    templates: list[str] = ["a photo of {}."]
+
+
+class BundleConfig(Section):
+    name: str = Field("student", min_length=1)
+    path: Path | None = Field(None, description="default: <out_dir>/bundle")
+
+
 class RunConfig(Section):
     out_dir: Path = Path("runs/distill")
     teacher: TeacherConfig = TeacherConfig()
@@ -112,6 +151,21 @@ class RunConfig(Section):
     data: DataConfig = DataConfig()
     losses: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    labels: LabelsConfig = LabelsConfig()
+    eval: EvalConfig = EvalConfig()
+    bundle: BundleConfig = BundleConfig()
+
+    @model_validator(mode="after")
+    def _prompts_for_crossmodal(self) -> RunConfig:
+        if self.losses.crossmodal and not (self.losses.prompts or self.labels.label_set):
+            raise ValueError("the cross-modal loss needs losses.prompts or labels.label_set")
+        return self
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.bundle.path or self.out_dir / "bundle"
 
     @property
     def cache_dir(self) -> Path:

@@ -22,12 +22,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from retrofit_agent.distill.config import RunConfig
-from retrofit_agent.distill.data import Batches, FrameCache, collect_items
+from retrofit_agent.distill.data import Batches, FrameCache, collect_items, preprocessor_for
+from retrofit_agent.distill.labelset import load_label_set
 from retrofit_agent.distill.losses import DistillLoss
 from retrofit_agent.distill.student import Student
 from retrofit_agent.distill.teacher import Teacher
 from retrofit_agent.errors import ConfigError
-from retrofit_agent.preprocess import Preprocessor
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -60,6 +60,13 @@ def student_spec(config: RunConfig, teacher: Teacher) -> dict[str, Any]:
     }
 
 
+def crossmodal_prompts(config: RunConfig) -> list[str]:
+    """The cross-modal text bank: the configured prompts, else every prompt of the label set."""
+    if config.losses.prompts:
+        return config.losses.prompts
+    return load_label_set(config.labels.label_set).prompts()
+
+
 def build_student(spec: dict[str, Any], backbone_weights: Path | None = None) -> Student:
     return Student(spec["backbone"], spec["dim"], spec["hidden"], spec["dropout"], backbone_weights)
 
@@ -90,9 +97,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 def prepare_cache(config: RunConfig, teacher: Teacher, spec: dict[str, Any], rank: int):
     """Rank 0 builds (or reuses) the teacher cache; the other ranks wait, then open it."""
-    preprocessor = Preprocessor(
-        spec["image_size"], spec["shortest_side"], spec["interpolation"], spec["mean"], spec["std"]
-    )
+    preprocessor = preprocessor_for(spec)
     fingerprint = {
         "teacher": teacher.identity,
         "size": spec["image_size"],
@@ -122,7 +127,7 @@ def train(config: RunConfig, resume: bool = False) -> Student:
     teacher = Teacher(config.teacher, device)
     spec = student_spec(config, teacher)
     cache = prepare_cache(config, teacher, spec, rank)
-    text = teacher.embed_texts(config.losses.prompts) if config.losses.crossmodal else None
+    text = teacher.embed_texts(crossmodal_prompts(config)) if config.losses.crossmodal else None
     criterion = DistillLoss(config.losses, text, teacher.logit_scale)
     del teacher  # only its embeddings are needed from here on
 
