@@ -33,7 +33,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from retrofit_agent.distill.config import QuantizeConfig
 from retrofit_agent.distill.export import onnx_embeddings, ort_session
 from retrofit_agent.embedder import INPUT_NAME, OUTPUT_NAME
-from retrofit_agent.errors import BundleError
+from retrofit_agent.errors import BundleError, one_line
 from retrofit_agent.labels import LabelBank
 
 METHODS = {
@@ -97,19 +97,25 @@ def build_variant(
 
 
 def interleaved_latency_ms(
-    models: dict[str, Path], frame: np.ndarray, runs: int, threads: int
+    models: dict[str, Path], frame: np.ndarray | dict[str, np.ndarray], runs: int, threads: int
 ) -> dict[str, float]:
-    """Median single-frame latency of each model, timed round-robin in one run."""
+    """Median single-frame latency of each model, timed round-robin in one run.
+
+    `frame` [3, S, S] is fed to every model, or give one per model name when sizes differ.
+    """
     sessions = {name: ort_session(path, threads) for name, path in models.items()}
-    feed = {INPUT_NAME: frame[None]}
-    for session in sessions.values():
+    feeds = {
+        name: {INPUT_NAME: (frame[name] if isinstance(frame, dict) else frame)[None]}
+        for name in models
+    }
+    for name, session in sessions.items():
         for _ in range(3):  # warm-up: first runs allocate and pick kernels
-            session.run([OUTPUT_NAME], feed)
+            session.run([OUTPUT_NAME], feeds[name])
     samples: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(runs):
         for name, session in sessions.items():
             start = time.perf_counter()
-            session.run([OUTPUT_NAME], feed)
+            session.run([OUTPUT_NAME], feeds[name])
             samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -138,10 +144,15 @@ def quantize(
         work = Path(tmp)
         prepared = work / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
-        variants = {}
+        variants, failed = {}, []
         for mode in config.modes:
-            variants[mode] = work / f"{mode}.onnx"
-            build_variant(prepared, variants[mode], mode, calibration, config)
+            try:
+                build_variant(prepared, work / f"{mode}.onnx", mode, calibration, config)
+                variants[mode] = work / f"{mode}.onnx"
+            except Exception as exc:  # the quantizer fails on some graphs; other modes may not
+                failed.append({"mode": mode, "error": one_line(exc), "meets_bar": False})
+        if not variants:
+            raise BundleError(f"every quantization mode failed: {failed}")
         latency = interleaved_latency_ms(
             {"fp32": fp32, **variants}, fidelity_inputs[0], config.latency_runs, config.threads
         )
@@ -163,6 +174,7 @@ def quantize(
                 }
             )
         selected, reason = _select(rows, config)
+        rows += failed
         shutil.copyfile(variants[selected["mode"]], out)
     return {
         "fp32_latency_ms": latency["fp32"],
