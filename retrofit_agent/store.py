@@ -10,27 +10,37 @@
   or its used pages exceed `max_bytes`, rows are deleted oldest uploaded first, then oldest
   pending. Insert and eviction share one transaction. Freed pages are reused, so the file stays
   near `max_bytes`; `retrofit-agent queue vacuum` returns the space to the filesystem.
+- A full disk (SQLITE_FULL) is not fatal: the batch is rolled back, a chunk of rows is evicted
+  in the order above and the batch retried; a batch that still does not fit after
+  FULL_RETRIES rounds is dropped and counted, never retried forever. Nothing is remembered, so
+  the queue grows again once space is freed. Every committed batch is logged at debug level
+  (`committed rows= first_seq= last_seq=`): that line is the acknowledgement.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from retrofit_agent.errors import StoreError
+from retrofit_agent.logs import kv
 from retrofit_agent.observation import Observation
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SEQ_BLOCK = 1000
 PENDING = "pending"
 UPLOADED = "uploaded"
 EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
+FULL_RETRIES = 3  # evict-and-retry rounds before a batch that does not fit is dropped
 
 
 class Store:
@@ -53,6 +63,8 @@ class Store:
         self._pending: list[dict[str, Any]] = []
         self._oldest_pending_at = 0.0
         self.evicted = 0
+        self.disk_full = 0  # SQLITE_FULL events
+        self.dropped = 0  # rows that did not fit even after eviction
         try:
             self.db = sqlite_utils.Database(self.path)
             self.db.enable_wal()
@@ -105,9 +117,10 @@ class Store:
     def allocate_seq(self) -> int:
         """The next sequence number; reserves a new block (one small commit) when needed."""
         if self._next_seq >= self._reserved:
-            self._reserved = self._next_seq + SEQ_BLOCK
-            with self.db.atomic():
-                self._set_meta("seq_reserved", self._reserved)
+            reserved = self._next_seq + SEQ_BLOCK
+            if not self._write(lambda: self._set_meta("seq_reserved", reserved)):
+                raise StoreError(f"{self.path}: database full, cannot reserve sequence numbers")
+            self._reserved = reserved
         seq = self._next_seq
         self._next_seq += 1
         return seq
@@ -136,15 +149,57 @@ class Store:
         """Commit buffered rows and enforce the bound, in one transaction."""
         if not self._pending:
             return
+        if self._write(self._insert_pending):
+            first, last = self._pending[0]["seq"], self._pending[-1]["seq"]
+            log.debug(
+                "committed", extra=kv(rows=len(self._pending), first_seq=first, last_seq=last)
+            )
+        else:
+            self.dropped += len(self._pending)
+            log.error("database full, nothing left to evict: observations not stored",
+                      extra=kv(path=self.path, rows=len(self._pending)))  # fmt: skip
+        self._pending.clear()
+
+    def _insert_pending(self) -> None:
+        self.db["observations"].insert_all(self._pending)
+        self._rows += len(self._pending)
+        self._evict()
+
+    def _write(self, work: Callable[[], None]) -> bool:
+        """Run `work` in a transaction, making room on SQLITE_FULL; False if it never fit."""
+        for attempt in range(FULL_RETRIES + 1):
+            try:
+                with self.db.atomic():
+                    work()
+                return True
+            except sqlite3.DatabaseError as exc:
+                self._rows = self.db["observations"].count
+                if not _is_full(exc):
+                    raise StoreError(f"{self.path}: cannot write observations: {exc}") from None
+            if attempt < FULL_RETRIES:
+                self._make_room()
+        return False
+
+    def _make_room(self) -> None:
+        """After SQLITE_FULL: evict a chunk of rows in the usual order, in its own transaction."""
+        self.disk_full += 1
+        before = self._rows
         try:
             with self.db.atomic():
-                self.db["observations"].insert_all(self._pending)
-                self._rows += len(self._pending)
-                self._evict()
-        except sqlite3.DatabaseError as exc:
+                self._delete_oldest(min(self._rows, max(EVICT_CHUNK, 2 * len(self._pending))))
+        except sqlite3.DatabaseError as exc:  # even the deletes did not fit: retry, then drop
             self._rows = self.db["observations"].count
-            raise StoreError(f"{self.path}: cannot write observations: {exc}") from None
-        self._pending.clear()
+            if not _is_full(exc):
+                raise StoreError(f"{self.path}: cannot evict observations: {exc}") from None
+        evicted = before - self._rows
+        log.warning(
+            "database full: evicted the oldest rows to make room",
+            extra=kv(path=self.path, evicted=evicted, rows=self._rows),
+        )
+
+    def size(self) -> tuple[int, int]:
+        """Rows and used bytes, without a table scan (cheap enough for every metrics snapshot)."""
+        return self._rows, self._used_bytes()
 
     def _used_bytes(self) -> int:
         pages = self.db.execute("PRAGMA page_count").fetchone()[0]
@@ -212,3 +267,8 @@ class Store:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _is_full(exc: sqlite3.DatabaseError) -> bool:
+    """SQLITE_FULL: the disk is full (or the database reached its max_page_count)."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
