@@ -15,6 +15,8 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from retrofit_agent.logs import kv
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +26,10 @@ class Notifier:
     def __init__(self, address: str | None) -> None:
         self.address = address
         self._socket: socket.socket | None = None
+        self._failing = False  # log a failure once, not for every message
         if address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket.setblocking(False)  # a backed-up receiver must never stall the loop
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Notifier:
@@ -39,9 +43,12 @@ class Notifier:
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
             self._socket.sendto("\n".join(fields).encode(), target)
-        except OSError as exc:  # systemd gone or socket not ours: the agent runs on regardless
-            log.debug("notify failed: %s", exc)
+        except OSError as exc:  # systemd gone, busy or not ours: the agent runs on regardless
+            if not self._failing:
+                log.debug("notify failed", extra=kv(socket=self.address, error=exc))
+            self._failing = True
             return False
+        self._failing = False
         return True
 
     def ready(self, status: str) -> None:

@@ -55,6 +55,13 @@ def test_outside_systemd_nothing_is_sent_and_nothing_fails(tmp_path):
     assert gone.send("READY=1") is False  # systemd went away: the agent carries on
 
 
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(notify_socket):
+    address, _ = notify_socket  # bound, never read: its queue fills up
+    notifier = Notifier(address)
+    results = [notifier.send(f"STATUS={i}") for i in range(5000)]
+    assert results[0] and not results[-1]  # later messages are dropped, not waited on
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
