@@ -43,3 +43,7 @@ class StoreError(RetrofitError):
     """The observation database cannot be opened or written."""
 
     exit_code = 74  # EX_IOERR
+
+
+class StoreFull(StoreError):
+    """The disk is full: no sequence number can be reserved, so a frame cannot be handled."""

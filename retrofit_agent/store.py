@@ -7,13 +7,16 @@
   SEQ_BLOCK numbers are reserved in the `meta` table before they are handed out, so a crash
   leaves a gap, never a duplicate `(device_id, seq)`.
 - Bound and eviction order: after each batch, while the table holds more than `max_rows` rows
-  or its used pages exceed `max_bytes`, rows are deleted oldest uploaded first, then oldest
-  pending. Insert and eviction share one transaction. Freed pages are reused, so the file stays
-  near `max_bytes`; `retrofit-agent queue vacuum` returns the space to the filesystem.
+  or its used pages exceed `max_bytes` (or what the filesystem can spare beyond
+  `min_free_bytes`), rows are deleted oldest uploaded first, then oldest pending. Insert and
+  eviction share one transaction. Freed pages are reused, so the file stays near its bound;
+  `retrofit-agent queue vacuum` returns the space to the filesystem.
 - A full disk (SQLITE_FULL) is not fatal: the batch is rolled back, a chunk of rows is evicted
   in the order above and the batch retried; a batch that still does not fit after
-  FULL_RETRIES rounds is dropped and counted, never retried forever. Nothing is remembered, so
-  the queue grows again once space is freed. Every committed batch is logged at debug level
+  FULL_RETRIES rounds is dropped and counted, never retried forever; while no block of seqs
+  can be reserved, allocate_seq raises StoreFull (the frame is skipped). Nothing is
+  remembered, so the queue grows again once space is freed; a full disk is logged at most
+  once a minute. Every committed batch is logged at debug level
   (`committed rows= first_seq= last_seq=`): that line is the acknowledgement.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +33,8 @@ from typing import Any
 
 import sqlite_utils
 
-from retrofit_agent.errors import StoreError
+from retrofit_agent.config import StoreConfig
+from retrofit_agent.errors import StoreError, StoreFull
 from retrofit_agent.logs import kv
 from retrofit_agent.observation import Observation
 
@@ -41,6 +46,8 @@ PENDING = "pending"
 UPLOADED = "uploaded"
 EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
 FULL_RETRIES = 3  # evict-and-retry rounds before a batch that does not fit is dropped
+FULL_COOLDOWN_S = 5.0  # after a failed seq reservation, the next try waits this long
+FULL_LOG_INTERVAL_S = 60.0  # a full disk is logged at most this often (it may last hours)
 
 
 class Store:
@@ -54,10 +61,12 @@ class Store:
         commit_every: int = 30,
         commit_interval_s: float = 1.0,
         synchronous: str = "FULL",
+        min_free_bytes: int = 0,
     ) -> None:
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
         self._pending: list[dict[str, Any]] = []
@@ -65,6 +74,8 @@ class Store:
         self.evicted = 0
         self.disk_full = 0  # SQLITE_FULL events
         self.dropped = 0  # rows that did not fit even after eviction
+        self._full_until = 0.0  # no seq reservation is tried before this (monotonic)
+        self._full_logged_at = -FULL_LOG_INTERVAL_S
         try:
             self.db = sqlite_utils.Database(self.path)
             self.db.enable_wal()
@@ -90,7 +101,8 @@ class Store:
                 raise StoreError(
                     f"{self.path}: schema version {version}, this agent reads {SCHEMA_VERSION}"
                 )
-            self._set_meta("schema_version", SCHEMA_VERSION)
+            if self._meta("schema_version", "") == "":  # a new database: no write otherwise
+                self._set_meta("schema_version", SCHEMA_VERSION)
             observations = self.db["observations"]
             observations.create(
                 {
@@ -115,11 +127,19 @@ class Store:
         self.db["meta"].upsert({"key": key, "value": str(value)}, pk="key")
 
     def allocate_seq(self) -> int:
-        """The next sequence number; reserves a new block (one small commit) when needed."""
+        """The next sequence number; reserves a new block (one small commit) when needed.
+
+        StoreFull if the disk is too full to record the reservation (tried again after
+        FULL_COOLDOWN_S): a number that is not reserved on disk could be reused after a crash.
+        """
         if self._next_seq >= self._reserved:
             reserved = self._next_seq + SEQ_BLOCK
+            full = StoreFull(f"{self.path}: disk full, cannot reserve sequence numbers")
+            if time.monotonic() < self._full_until:
+                raise full
             if not self._write(lambda: self._set_meta("seq_reserved", reserved)):
-                raise StoreError(f"{self.path}: database full, cannot reserve sequence numbers")
+                self._full_until = time.monotonic() + FULL_COOLDOWN_S
+                raise full
             self._reserved = reserved
         seq = self._next_seq
         self._next_seq += 1
@@ -156,24 +176,25 @@ class Store:
             )
         else:
             self.dropped += len(self._pending)
-            log.error("database full, nothing left to evict: observations not stored",
-                      extra=kv(path=self.path, rows=len(self._pending)))  # fmt: skip
+            self._log_full("disk full, nothing left to evict: observations not stored")
         self._pending.clear()
 
     def _insert_pending(self) -> None:
+        limit = self._byte_limit()
         self.db["observations"].insert_all(self._pending)
         self._rows += len(self._pending)
-        self._evict()
+        self._evict(limit)
 
     def _write(self, work: Callable[[], None]) -> bool:
         """Run `work` in a transaction, making room on SQLITE_FULL; False if it never fit."""
         for attempt in range(FULL_RETRIES + 1):
+            evicted = self.evicted
             try:
                 with self.db.atomic():
                     work()
                 return True
-            except sqlite3.DatabaseError as exc:
-                self._rows = self.db["observations"].count
+            except sqlite3.DatabaseError as exc:  # rolled back: so are the counts
+                self._rows, self.evicted = self.db["observations"].count, evicted
                 if not _is_full(exc):
                     raise StoreError(f"{self.path}: cannot write observations: {exc}") from None
             if attempt < FULL_RETRIES:
@@ -183,34 +204,47 @@ class Store:
     def _make_room(self) -> None:
         """After SQLITE_FULL: evict a chunk of rows in the usual order, in its own transaction."""
         self.disk_full += 1
-        before = self._rows
+        before, evicted = self._rows, self.evicted
         try:
             with self.db.atomic():
                 self._delete_oldest(min(self._rows, max(EVICT_CHUNK, 2 * len(self._pending))))
         except sqlite3.DatabaseError as exc:  # even the deletes did not fit: retry, then drop
-            self._rows = self.db["observations"].count
+            self._rows, self.evicted = self.db["observations"].count, evicted
             if not _is_full(exc):
                 raise StoreError(f"{self.path}: cannot evict observations: {exc}") from None
-        evicted = before - self._rows
-        log.warning(
-            "database full: evicted the oldest rows to make room",
-            extra=kv(path=self.path, evicted=evicted, rows=self._rows),
-        )
+        self._log_full("disk full: evicted the oldest rows to make room", before - self._rows)
+
+    def _log_full(self, message: str, evicted: int = 0) -> None:
+        now = time.monotonic()
+        if now - self._full_logged_at >= FULL_LOG_INTERVAL_S:
+            self._full_logged_at = now
+            context = kv(path=self.path, evicted=evicted, rows=self._rows, dropped=self.dropped)
+            log.warning(message, extra=context)
 
     def size(self) -> tuple[int, int]:
         """Rows and used bytes, without a table scan (cheap enough for every metrics snapshot)."""
         return self._rows, self._used_bytes()
 
-    def _used_bytes(self) -> int:
-        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
-        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
-        size = self.db.execute("PRAGMA page_size").fetchone()[0]
-        return (pages - free) * size
+    def _pragma(self, name: str) -> int:
+        return self.db.execute(f"PRAGMA {name}").fetchone()[0]
 
-    def _evict(self) -> None:
+    def _used_bytes(self) -> int:
+        return (self._pragma("page_count") - self._pragma("freelist_count")) * self._pragma(
+            "page_size"
+        )
+
+    def _byte_limit(self) -> int:
+        """`max_bytes`, less where the filesystem is short: the database file only grows into
+        free space beyond `min_free_bytes`, so it never fills the disk (on a full disk SQLite
+        may not even manage the deletes that would make room)."""
+        fs = os.statvfs(self.path.parent)
+        spare = fs.f_bavail * fs.f_frsize - self.min_free_bytes
+        return min(self.max_bytes, self.path.stat().st_size + max(0, spare))
+
+    def _evict(self, limit: int) -> None:
         if self._rows > self.max_rows:
             self._delete_oldest(self._rows - self.max_rows)
-        while self._rows and self._used_bytes() > self.max_bytes:
+        while self._rows and self._used_bytes() > limit:
             self._delete_oldest(min(EVICT_CHUNK, self._rows))
 
     def _delete_oldest(self, count: int) -> None:
@@ -267,6 +301,20 @@ class Store:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def open_store(config: StoreConfig) -> Store:
+    """The queue a `[store]` section describes."""
+    s = config
+    return Store(
+        s.path,
+        s.max_rows,
+        s.max_bytes,
+        s.commit_every,
+        s.commit_interval_s,
+        s.synchronous,
+        s.min_free_bytes,
+    )
 
 
 def _is_full(exc: sqlite3.DatabaseError) -> bool:
