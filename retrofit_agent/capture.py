@@ -154,9 +154,13 @@ class FrameSource:
 
 
 class VideoFileSource(FrameSource):
-    """A video file, decoded as fast as possible or paced at its native frame rate."""
+    """A video file, decoded as fast as possible or paced at its native frame rate.
 
-    def __init__(self, path: Path, realtime: bool = False) -> None:
+    `loop` starts again at the first frame after the last, endlessly: a recorded drive stands
+    in for a live camera (bench tests of the service, soak runs).
+    """
+
+    def __init__(self, path: Path, realtime: bool = False, loop: bool = False) -> None:
         self.name = str(path)
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
@@ -164,7 +168,7 @@ class VideoFileSource(FrameSource):
             self._capture.release()
             raise SourceError(f"{path}: not a readable video (no decodable frame)")
         declared = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.total = declared if declared > 0 else None
+        self.total = declared if declared > 0 and not loop else None
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         pending = [first]
 
@@ -172,6 +176,8 @@ class VideoFileSource(FrameSource):
             if pending:
                 return pending.pop()
             ok, image = self._capture.read()
+            if not ok and loop and self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                ok, image = self._capture.read()
             return image if ok else None
 
         interval = 1.0 / self.fps if realtime and self.fps > 0 else 0.0
@@ -272,6 +278,7 @@ def open_source(
     height: int | None = None,
     fps: float | None = None,
     stall_timeout_s: float = 5.0,
+    loop: bool = False,
 ) -> FrameSource:
     """Pick the source type: a device index or /dev/video*, a folder, else a video file."""
     if isinstance(source, int) or str(source).isdigit() or str(source).startswith("/dev/video"):
@@ -282,4 +289,4 @@ def open_source(
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
         return ImageFolderSource(path)
-    return VideoFileSource(path, realtime=realtime)
+    return VideoFileSource(path, realtime=realtime, loop=loop)

@@ -150,3 +150,13 @@ def test_reader_passes_errors_to_the_consumer():
     reader = FrameReader(read, keep_all=True)
     with pytest.raises(SourceError, match="boom"):
         reader.get(timeout=1)
+
+
+def test_looped_file_starts_again_endlessly(synthetic_video):
+    with open_source(synthetic_video, loop=True) as source:
+        assert source.total is None  # endless, and never "truncated"
+        frames = [f for _, f in zip(range(100), source, strict=False)]
+    assert [f.index for f in frames] == list(range(100))
+    brightness = [float(f.image.mean()) for f in frames]
+    assert brightness[40] == brightness[0] and brightness[80] == brightness[0]
+    assert brightness[39] > brightness[0] + 150
