@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrofit_agent import __version__
+from retrofit_agent import __version__, service
 from retrofit_agent.agent import Pipeline, RunStats, run
 from retrofit_agent.capture import open_source
 from retrofit_agent.config import AgentConfig, load_config
 from retrofit_agent.errors import RetrofitError
 from retrofit_agent.publish import Publisher
-from retrofit_agent.store import Store
+from retrofit_agent.store import Store, open_store
 
 INTERRUPTED = 130
 
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("action", choices=["stats", "export", "vacuum"])
     queue.add_argument("--db", type=Path, dest="queue_db", help="database (default: config's)")
     queue.add_argument("--state", choices=["pending", "uploaded"], help="export: only this state")
+    service = commands.add_parser("run", help="the service on a live camera (systemd runs this)")
+    service.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
     return parser
 
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(args)
         if args.command == "queue":
             return queue_command(args)
+        if args.command == "run":
+            return service.main(args.config)
     except RetrofitError as exc:
         print(f"retrofit-agent: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -116,10 +120,7 @@ def dry_run(args: argparse.Namespace) -> int:
 
 
 def _open_store(config: AgentConfig) -> Store:
-    s = config.store
-    return Store(
-        s.path, s.max_rows, s.max_bytes, s.commit_every, s.commit_interval_s, s.synchronous
-    )
+    return open_store(config.store)
 
 
 def queue_command(args: argparse.Namespace) -> int:
