@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("action", choices=["stats", "export", "vacuum"])
     queue.add_argument("--db", type=Path, dest="queue_db", help="database (default: config's)")
     queue.add_argument("--state", choices=["pending", "uploaded"], help="export: only this state")
-    service = commands.add_parser("run", help="the service on a live camera (systemd runs this)")
-    service.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
+    serve = commands.add_parser("run", help="the service on a live camera (systemd runs this)")
+    serve.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
     return parser
 
 

@@ -188,31 +188,33 @@ class Store:
     def _write(self, work: Callable[[], None]) -> bool:
         """Run `work` in a transaction, making room on SQLITE_FULL; False if it never fit."""
         for attempt in range(FULL_RETRIES + 1):
-            evicted = self.evicted
-            try:
-                with self.db.atomic():
-                    work()
+            if self._transaction(work, "write observations"):
                 return True
-            except sqlite3.DatabaseError as exc:  # rolled back: so are the counts
-                self._rows, self.evicted = self.db["observations"].count, evicted
-                if not _is_full(exc):
-                    raise StoreError(f"{self.path}: cannot write observations: {exc}") from None
             if attempt < FULL_RETRIES:
                 self._make_room()
         return False
 
     def _make_room(self) -> None:
-        """After SQLITE_FULL: evict a chunk of rows in the usual order, in its own transaction."""
+        """After SQLITE_FULL: evict a chunk of rows in the usual order, in its own transaction
+        (which may fail as well: then the retry fails and the batch is dropped)."""
         self.disk_full += 1
-        before, evicted = self._rows, self.evicted
+        before = self._rows
+        count = min(self._rows, max(EVICT_CHUNK, 2 * len(self._pending)))
+        self._transaction(lambda: self._delete_oldest(count), "evict observations")
+        self._log_full("disk full: evicted the oldest rows to make room", before - self._rows)
+
+    def _transaction(self, work: Callable[[], None], what: str) -> bool:
+        """`work` committed (True), or rolled back on SQLITE_FULL (False); StoreError else."""
+        evicted = self.evicted
         try:
             with self.db.atomic():
-                self._delete_oldest(min(self._rows, max(EVICT_CHUNK, 2 * len(self._pending))))
-        except sqlite3.DatabaseError as exc:  # even the deletes did not fit: retry, then drop
+                work()
+        except sqlite3.DatabaseError as exc:  # rolled back: so are the counts
             self._rows, self.evicted = self.db["observations"].count, evicted
-            if not _is_full(exc):
-                raise StoreError(f"{self.path}: cannot evict observations: {exc}") from None
-        self._log_full("disk full: evicted the oldest rows to make room", before - self._rows)
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise StoreError(f"{self.path}: cannot {what}: {exc}") from None
+            return False
+        return True
 
     def _log_full(self, message: str, evicted: int = 0) -> None:
         now = time.monotonic()
@@ -225,13 +227,11 @@ class Store:
         """Rows and used bytes, without a table scan (cheap enough for every metrics snapshot)."""
         return self._rows, self._used_bytes()
 
-    def _pragma(self, name: str) -> int:
-        return self.db.execute(f"PRAGMA {name}").fetchone()[0]
-
     def _used_bytes(self) -> int:
-        return (self._pragma("page_count") - self._pragma("freelist_count")) * self._pragma(
-            "page_size"
-        )
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        return (pages - free) * size
 
     def _byte_limit(self) -> int:
         """`max_bytes`, less where the filesystem is short: the database file only grows into
@@ -305,18 +305,12 @@ class Store:
 
 def open_store(config: StoreConfig) -> Store:
     """The queue a `[store]` section describes."""
-    s = config
     return Store(
-        s.path,
-        s.max_rows,
-        s.max_bytes,
-        s.commit_every,
-        s.commit_interval_s,
-        s.synchronous,
-        s.min_free_bytes,
+        config.path,
+        config.max_rows,
+        config.max_bytes,
+        config.commit_every,
+        config.commit_interval_s,
+        config.synchronous,
+        config.min_free_bytes,
     )
-
-
-def _is_full(exc: sqlite3.DatabaseError) -> bool:
-    """SQLITE_FULL: the disk is full (or the database reached its max_page_count)."""
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
