@@ -48,7 +48,9 @@ class FrameReader:
 
     `keep_all` delivers every frame in order through a queue of `capacity`, blocking the reader
     when full; otherwise only the newest frame is kept and overwritten ones are counted in
-    `dropped`. `interval_s` paces reads (a file played at its native rate).
+    `dropped`. `interval_s` paces reads (a file played at its native rate). `release` runs on
+    the reader thread once it stops reading, so a capture is never released under a read that
+    is still blocked in the driver (a stalled camera), whatever close()'s timeout.
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class FrameReader:
         keep_all: bool,
         capacity: int = PREFETCH,
         interval_s: float = 0.0,
+        release: Callable[[], object] | None = None,
     ) -> None:
         self._read = read
+        self._release = release
         self._keep_all = keep_all
         self._capacity = capacity if keep_all else 1
         self._interval_s = interval_s
@@ -97,6 +101,8 @@ class FrameReader:
         except BaseException as exc:  # handed to the consumer, who re-raises it
             self._error = exc
         finally:
+            if self._release is not None:
+                self._release()
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
@@ -154,9 +160,13 @@ class FrameSource:
 
 
 class VideoFileSource(FrameSource):
-    """A video file, decoded as fast as possible or paced at its native frame rate."""
+    """A video file, decoded as fast as possible or paced at its native frame rate.
 
-    def __init__(self, path: Path, realtime: bool = False) -> None:
+    `loop` starts again at the first frame after the last, endlessly: a recorded drive stands
+    in for a live camera (bench tests of the service, soak runs).
+    """
+
+    def __init__(self, path: Path, realtime: bool = False, loop: bool = False) -> None:
         self.name = str(path)
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
@@ -164,7 +174,7 @@ class VideoFileSource(FrameSource):
             self._capture.release()
             raise SourceError(f"{path}: not a readable video (no decodable frame)")
         declared = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.total = declared if declared > 0 else None
+        self.total = declared if declared > 0 and not loop else None
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         pending = [first]
 
@@ -172,10 +182,14 @@ class VideoFileSource(FrameSource):
             if pending:
                 return pending.pop()
             ok, image = self._capture.read()
+            if not ok and loop and self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                ok, image = self._capture.read()
             return image if ok else None
 
         interval = 1.0 / self.fps if realtime and self.fps > 0 else 0.0
-        self._reader = FrameReader(read, keep_all=not realtime, interval_s=interval)
+        self._reader = FrameReader(
+            read, keep_all=not realtime, interval_s=interval, release=self._capture.release
+        )
 
     def _finish(self) -> None:
         read = self._reader.read_count
@@ -184,10 +198,6 @@ class VideoFileSource(FrameSource):
                 f"{self.name}: video ends after {read} of {self.total} frames "
                 "(truncated or corrupt)"
             )
-
-    def close(self) -> None:
-        super().close()
-        self._capture.release()
 
 
 class ImageFolderSource(FrameSource):
@@ -222,13 +232,12 @@ class CameraSource(FrameSource):
     def __init__(self, capture: cv2.VideoCapture, name: str, stall_timeout_s: float = 5.0) -> None:
         self.name = name
         self.stall_timeout_s = stall_timeout_s
-        self._capture = capture
 
         def read() -> np.ndarray | None:
             ok, image = capture.read()
             return image if ok else None
 
-        self._reader = FrameReader(read, keep_all=False)
+        self._reader = FrameReader(read, keep_all=False, release=capture.release)
 
     def _next(self) -> Frame | None:
         try:
@@ -238,10 +247,6 @@ class CameraSource(FrameSource):
         if frame is None:
             raise DeviceLost(f"{self.name}: camera stopped delivering frames (vanished?)")
         return frame
-
-    def close(self) -> None:
-        super().close()
-        self._capture.release()
 
 
 def open_camera(
@@ -272,6 +277,7 @@ def open_source(
     height: int | None = None,
     fps: float | None = None,
     stall_timeout_s: float = 5.0,
+    loop: bool = False,
 ) -> FrameSource:
     """Pick the source type: a device index or /dev/video*, a folder, else a video file."""
     if isinstance(source, int) or str(source).isdigit() or str(source).startswith("/dev/video"):
@@ -282,4 +288,4 @@ def open_source(
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
         return ImageFolderSource(path)
-    return VideoFileSource(path, realtime=realtime)
+    return VideoFileSource(path, realtime=realtime, loop=loop)

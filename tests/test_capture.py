@@ -155,3 +155,41 @@ def test_reader_passes_errors_to_the_consumer():
     reader = FrameReader(read, keep_all=True)
     with pytest.raises(SourceError, match="boom"):
         reader.get(timeout=1)
+
+
+def test_looped_file_starts_again_endlessly(synthetic_video):
+    with open_source(synthetic_video, loop=True) as source:
+        assert source.total is None  # endless, and never "truncated"
+        frames = [f for _, f in zip(range(100), source, strict=False)]
+    assert [f.index for f in frames] == list(range(100))
+    brightness = [float(f.image.mean()) for f in frames]
+    assert brightness[40] == brightness[0] and brightness[80] == brightness[0]
+    assert brightness[39] > brightness[0] + 150
+
+
+def test_a_stalled_camera_is_released_only_after_its_read_returns():
+    class Stalled:
+        """A driver read that blocks until told otherwise."""
+
+        def __init__(self):
+            self.reading, self.unblock, self.released = (threading.Event() for _ in range(3))
+            self.released_while_reading = None
+
+        def read(self):
+            self.reading.set()
+            self.unblock.wait(10)
+            self.reading.clear()
+            return False, None
+
+        def release(self):
+            self.released_while_reading = self.reading.is_set()
+            self.released.set()
+
+    device = Stalled()
+    camera = CameraSource(device, "/dev/video-fake", stall_timeout_s=0.2)
+    with pytest.raises(DeviceLost, match="no frame for 0.2 s"):
+        list(camera)
+    camera.close()  # gives up waiting for the reader, but must not pull the capture from under it
+    assert not device.released.is_set()
+    device.unblock.set()
+    assert device.released.wait(5) and device.released_while_reading is False

@@ -31,9 +31,19 @@ from retrofit_agent.distill.teacher import Teacher, save_teacher
 from retrofit_agent.distill.train import cosine_lr
 
 NAME = "synthetic-clip"
+# An open_clip custom config: a timm ResNet-10 image tower (random init) and a 3-layer text
+# transformer. A small ViT (4 layers, width 128, 8 px patches) was tried first: after 1000
+# steps it named every colour but guessed shapes at chance (held-out top-1 18%); this tower
+# reached 31% after 150 steps on the same data, so the CPU budget goes further with it.
 ARCHITECTURE = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
+    "vision_cfg": {
+        "timm_model_name": "resnet10t",
+        "timm_model_pretrained": False,
+        "timm_pool": "avg",
+        "timm_proj": "linear",
+        "image_size": 64,
+    },
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
 }
 PROMPT = "a photo of a {}."
@@ -67,6 +77,7 @@ def zero_shot_top1(
 
 def train_synthetic_teacher(
     out_dir: Path,
+    architecture: dict[str, Any] = ARCHITECTURE,
     steps: int = 2000,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -77,11 +88,11 @@ def train_synthetic_teacher(
     torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / f"{NAME}.json"
-    config_path.write_text(json.dumps(ARCHITECTURE, indent=2) + "\n")
+    config_path.write_text(json.dumps(architecture, indent=2) + "\n")
     open_clip.add_model_config(config_path)
     model = open_clip.create_model(NAME)
     tokenizer = open_clip.get_tokenizer(NAME)
-    generator = SceneGenerator(ARCHITECTURE["vision_cfg"]["image_size"], seed=seed)
+    generator = SceneGenerator(architecture["vision_cfg"]["image_size"], seed=seed)
     mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     loss_fn = open_clip.ClipLoss()
@@ -112,7 +123,7 @@ def train_synthetic_teacher(
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     seconds = time.perf_counter() - started
-    teacher_config = save_teacher(model, ARCHITECTURE, out_dir, NAME)
+    teacher_config = save_teacher(model, architecture, out_dir, NAME)
     teacher = Teacher(teacher_config)  # measured through the same path every later step uses
     report = {
         "steps": steps,
