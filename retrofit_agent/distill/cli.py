@@ -110,7 +110,7 @@ def synthetic_command(args: argparse.Namespace) -> int:
     from retrofit_agent.distill.synthetic_teacher import train_synthetic_teacher
 
     config, report = train_synthetic_teacher(
-        args.out, args.steps, args.batch_size, args.lr, args.seed
+        args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
     )
     print(json.dumps(report, indent=2))
     print(
