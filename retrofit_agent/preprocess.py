@@ -51,9 +51,12 @@ class Preprocessor:
         self.interpolation = INTERPOLATIONS[interpolation]
         mean_bgr = np.asarray(mean, dtype=np.float32)[::-1]
         std_bgr = np.asarray(std, dtype=np.float32)[::-1]
-        # (x / 255 - mean) / std == x * scale - offset, computed per BGR channel
-        self._scale = (1.0 / (255.0 * std_bgr)).astype(np.float32)
-        self._offset = (mean_bgr / std_bgr).astype(np.float32)
+        # (x / 255 - mean) / std == x * scale - offset, computed per BGR channel; as a table of
+        # the 256 values per channel, so a frame costs one lookup pass instead of two float ones
+        scale = (1.0 / (255.0 * std_bgr)).astype(np.float32)
+        offset = (mean_bgr / std_bgr).astype(np.float32)
+        levels = np.arange(256, dtype=np.float32)[:, None]
+        self._table = (levels * scale - offset).reshape(256, 1, 3)
         self._hwc = np.empty((size, size, 3), dtype=np.float32)
         self.output = np.empty((1, 3, size, size), dtype=np.float32)
         self._planned_for: tuple[int, int] | None = None
@@ -86,7 +89,6 @@ class Preprocessor:
 
     def normalize(self, crop: np.ndarray) -> np.ndarray:
         """The photometric half: a BGR uint8 crop [size, size, 3] to [1, 3, size, size]."""
-        np.multiply(crop, self._scale, out=self._hwc)
-        np.subtract(self._hwc, self._offset, out=self._hwc)
+        cv2.LUT(crop, self._table, self._hwc)
         np.copyto(self.output[0], self._hwc.transpose(2, 0, 1)[::-1])
         return self.output
