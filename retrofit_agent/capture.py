@@ -29,7 +29,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-PREFETCH = 4  # decoded frames queued ahead of inference when every frame is wanted
+PREFETCH = 1  # decoded frames queued ahead of inference when every frame is wanted
 # A container's frame count can be an estimate; fewer frames than this share of it is truncation.
 TRUNCATION_SHARE = 0.98
 
@@ -49,11 +49,15 @@ class FrameReader:
     `keep_all` delivers every frame in order through a queue of `capacity`, blocking the reader
     when full; otherwise only the newest frame is kept and overwritten ones are counted in
     `dropped`. `interval_s` paces reads (a file played at its native rate).
+
+    Images are recycled: `read` gets a spare image (one the consumer is done with, or None) to
+    decode into, so a steady stream allocates no frame memory. The consumer is done with a
+    frame when it asks for the next one; a frame overwritten unread is spare at once.
     """
 
     def __init__(
         self,
-        read: Callable[[], np.ndarray | None],
+        read: Callable[[np.ndarray | None], np.ndarray | None],
         keep_all: bool,
         capacity: int = PREFETCH,
         interval_s: float = 0.0,
@@ -63,6 +67,8 @@ class FrameReader:
         self._capacity = capacity if keep_all else 1
         self._interval_s = interval_s
         self._frames: deque[Frame] = deque()
+        self._handed: Frame | None = None  # the consumer's current frame
+        self._spares: list[np.ndarray] = []
         self._cond = threading.Condition()
         self._stopping = False
         self._finished = False
@@ -79,7 +85,9 @@ class FrameReader:
                 if self._interval_s:
                     time.sleep(max(0.0, due - time.monotonic()))
                     due += self._interval_s
-                image = self._read()
+                with self._cond:
+                    spare = self._spares.pop() if self._spares else None
+                image = self._read(spare)
                 if image is None:
                     break
                 frame = Frame(image, self.read_count, datetime.now(UTC))
@@ -89,7 +97,7 @@ class FrameReader:
                             lambda: len(self._frames) < self._capacity or self._stopping
                         )
                     elif self._frames:
-                        self._frames.popleft()
+                        self._spares.append(self._frames.popleft().image)
                         self.dropped += 1
                     self._frames.append(frame)
                     self.read_count += 1
@@ -106,10 +114,12 @@ class FrameReader:
         with self._cond:
             if not self._cond.wait_for(lambda: self._frames or self._finished, timeout):
                 raise TimeoutError
-            if self._frames:
-                frame = self._frames.popleft()
+            if self._handed is not None:
+                self._spares.append(self._handed.image)
+            self._handed = self._frames.popleft() if self._frames else None
+            if self._handed is not None:
                 self._cond.notify_all()
-                return frame
+                return self._handed
             if self._error is not None:
                 raise self._error
             return None
@@ -158,7 +168,7 @@ class VideoFileSource(FrameSource):
 
     def __init__(self, path: Path, realtime: bool = False) -> None:
         self.name = str(path)
-        self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
         if not ok:
             self._capture.release()
@@ -168,10 +178,10 @@ class VideoFileSource(FrameSource):
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         pending = [first]
 
-        def read() -> np.ndarray | None:
+        def read(spare: np.ndarray | None) -> np.ndarray | None:
             if pending:
                 return pending.pop()
-            ok, image = self._capture.read()
+            ok, image = self._capture.read(spare)
             return image if ok else None
 
         interval = 1.0 / self.fps if realtime and self.fps > 0 else 0.0
@@ -201,7 +211,7 @@ class ImageFolderSource(FrameSource):
         self.total = len(files)
         pending = deque(files)
 
-        def read() -> np.ndarray | None:
+        def read(_spare: np.ndarray | None) -> np.ndarray | None:
             if not pending:
                 return None
             file = pending.popleft()
@@ -224,8 +234,8 @@ class CameraSource(FrameSource):
         self.stall_timeout_s = stall_timeout_s
         self._capture = capture
 
-        def read() -> np.ndarray | None:
-            ok, image = capture.read()
+        def read(spare: np.ndarray | None) -> np.ndarray | None:
+            ok, image = capture.read(spare)
             return image if ok else None
 
         self._reader = FrameReader(read, keep_all=False)

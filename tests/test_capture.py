@@ -102,7 +102,7 @@ class FlakyCamera:
         self.good, self.hang, self.reads = good, hang, 0
         self.release_event = threading.Event()
 
-    def read(self):
+    def read(self, image=None):
         self.reads += 1
         if self.reads <= self.good:
             time.sleep(0.005)
@@ -136,7 +136,7 @@ def test_camera_that_stalls_raises_device_lost_not_a_hang():
 def test_reader_keeps_all_with_bounded_queue():
     produced = iter(range(100))
     reader = FrameReader(
-        lambda: np.full(1, v) if (v := next(produced, None)) is not None else None,
+        lambda _spare: np.full(1, v) if (v := next(produced, None)) is not None else None,
         keep_all=True,
         capacity=3,
     )
@@ -149,9 +149,50 @@ def test_reader_keeps_all_with_bounded_queue():
 
 
 def test_reader_passes_errors_to_the_consumer():
-    def read():
+    def read(_spare):
         raise SourceError("boom")
 
     reader = FrameReader(read, keep_all=True)
     with pytest.raises(SourceError, match="boom"):
         reader.get(timeout=1)
+
+
+def test_reader_recycles_images_the_consumer_is_done_with():
+    produced = iter(range(50))
+    fresh = []
+
+    def read(spare):
+        value = next(produced, None)
+        if value is None:
+            return None
+        if spare is None:
+            spare = np.empty(1, np.int64)
+            fresh.append(spare)
+        spare[0] = value
+        return spare
+
+    reader = FrameReader(read, keep_all=True, capacity=2)
+    values = []
+    while (frame := reader.get(timeout=1)) is not None:
+        held = int(frame.image[0])
+        time.sleep(0.002)  # the reader fills spares meanwhile: never the frame held here
+        assert int(frame.image[0]) == held
+        values.append(held)
+    assert values == list(range(50))
+    assert len(fresh) <= 4  # queue, the one being read, the one held: then only spares
+
+
+def test_reader_recycles_overwritten_frames_of_a_live_source():
+    fresh = []
+
+    def read(spare):
+        time.sleep(0.001)
+        if spare is None:
+            spare = np.zeros(1)
+            fresh.append(spare)
+        return spare
+
+    reader = FrameReader(read, keep_all=False)
+    time.sleep(0.2)
+    assert reader.dropped > 20 and len(fresh) <= 3
+    reader.close()
