@@ -70,7 +70,10 @@ def time_model(pipeline: Pipeline, batch: np.ndarray, runs: int) -> list[float]:
 def run_pipeline(pipeline: Pipeline, config: AgentConfig, video: Path) -> dict[str, Any]:
     """One dry run over `video` into a temporary database; the run's summary."""
     s = config.store
-    with tempfile.TemporaryDirectory(prefix="retrofit-bench-") as tmp, open_source(video) as src:
+    with (
+        tempfile.TemporaryDirectory(prefix="retrofit-bench-") as tmp,
+        open_source(video, prepare=pipeline.preprocess.prepare) as src,
+    ):
         store = Store(
             Path(tmp) / "observations.db",
             s.max_rows,

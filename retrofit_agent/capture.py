@@ -34,13 +34,24 @@ PREFETCH = 1  # decoded frames queued ahead of inference when every frame is wan
 TRUNCATION_SHARE = 0.98
 
 
+# Turns a decoded image into the model's input, writing into `spare` (an input the consumer is
+# done with) when given: run on the reader thread, so the inference thread only infers.
+Prepare = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
 @dataclass(frozen=True)
 class Frame:
-    """A decoded BGR frame, its position in the source and when it was read."""
+    """A decoded BGR frame, its position in the source and when it was read.
+
+    With a `prepare`, `input` is the model's input made on the reader thread, which took
+    `prepare_ms`; it is recycled together with `image`.
+    """
 
     image: np.ndarray
     index: int
     captured_utc: datetime
+    input: np.ndarray | None = None
+    prepare_ms: float = 0.0
 
 
 class FrameReader:
@@ -48,11 +59,13 @@ class FrameReader:
 
     `keep_all` delivers every frame in order through a queue of `capacity`, blocking the reader
     when full; otherwise only the newest frame is kept and overwritten ones are counted in
-    `dropped`. `interval_s` paces reads (a file played at its native rate).
+    `dropped`. `interval_s` paces reads (a file played at its native rate). `prepare` makes
+    each frame's model input on this thread (also for frames that are dropped later).
 
-    Images are recycled: `read` gets a spare image (one the consumer is done with, or None) to
-    decode into, so a steady stream allocates no frame memory. The consumer is done with a
-    frame when it asks for the next one; a frame overwritten unread is spare at once.
+    Frames are recycled: `read` gets a spare image (one the consumer is done with, or None) to
+    decode into and `prepare` a spare input, so a steady stream allocates no frame memory. The
+    consumer is done with a frame when it asks for the next one; one overwritten unread is
+    spare at once.
     """
 
     def __init__(
@@ -61,14 +74,16 @@ class FrameReader:
         keep_all: bool,
         capacity: int = PREFETCH,
         interval_s: float = 0.0,
+        prepare: Prepare | None = None,
     ) -> None:
         self._read = read
+        self._prepare = prepare
         self._keep_all = keep_all
         self._capacity = capacity if keep_all else 1
         self._interval_s = interval_s
         self._frames: deque[Frame] = deque()
         self._handed: Frame | None = None  # the consumer's current frame
-        self._spares: list[np.ndarray] = []
+        self._spares: list[Frame] = []
         self._cond = threading.Condition()
         self._stopping = False
         self._finished = False
@@ -87,17 +102,17 @@ class FrameReader:
                     due += self._interval_s
                 with self._cond:
                     spare = self._spares.pop() if self._spares else None
-                image = self._read(spare)
+                image = self._read(spare.image if spare else None)
                 if image is None:
                     break
-                frame = Frame(image, self.read_count, datetime.now(UTC))
+                frame = self._frame(image, spare)
                 with self._cond:
                     if self._keep_all:
                         self._cond.wait_for(
                             lambda: len(self._frames) < self._capacity or self._stopping
                         )
                     elif self._frames:
-                        self._spares.append(self._frames.popleft().image)
+                        self._spares.append(self._frames.popleft())
                         self.dropped += 1
                     self._frames.append(frame)
                     self.read_count += 1
@@ -109,13 +124,22 @@ class FrameReader:
                 self._finished = True
                 self._cond.notify_all()
 
+    def _frame(self, image: np.ndarray, spare: Frame | None) -> Frame:
+        captured = datetime.now(UTC)
+        if self._prepare is None:
+            return Frame(image, self.read_count, captured)
+        start = time.perf_counter()
+        prepared = self._prepare(image, spare.input if spare else None)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        return Frame(image, self.read_count, captured, prepared, elapsed_ms)
+
     def get(self, timeout: float | None = None) -> Frame | None:
         """The next frame, or None once the source has ended; TimeoutError if none came."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._frames or self._finished, timeout):
                 raise TimeoutError
             if self._handed is not None:
-                self._spares.append(self._handed.image)
+                self._spares.append(self._handed)
             self._handed = self._frames.popleft() if self._frames else None
             if self._handed is not None:
                 self._cond.notify_all()
@@ -166,7 +190,7 @@ class FrameSource:
 class VideoFileSource(FrameSource):
     """A video file, decoded as fast as possible or paced at its native frame rate."""
 
-    def __init__(self, path: Path, realtime: bool = False) -> None:
+    def __init__(self, path: Path, realtime: bool = False, prepare: Prepare | None = None) -> None:
         self.name = str(path)
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
@@ -185,7 +209,7 @@ class VideoFileSource(FrameSource):
             return image if ok else None
 
         interval = 1.0 / self.fps if realtime and self.fps > 0 else 0.0
-        self._reader = FrameReader(read, keep_all=not realtime, interval_s=interval)
+        self._reader = FrameReader(read, not realtime, interval_s=interval, prepare=prepare)
 
     def _finish(self) -> None:
         read = self._reader.read_count
@@ -203,7 +227,7 @@ class VideoFileSource(FrameSource):
 class ImageFolderSource(FrameSource):
     """Every image in a folder, in name order; an unreadable image is an error naming it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, prepare: Prepare | None = None) -> None:
         self.name = str(path)
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -220,7 +244,7 @@ class ImageFolderSource(FrameSource):
                 raise SourceError(f"{file}: not a readable image")
             return image
 
-        self._reader = FrameReader(read, keep_all=True)
+        self._reader = FrameReader(read, keep_all=True, prepare=prepare)
 
 
 class CameraSource(FrameSource):
@@ -229,7 +253,13 @@ class CameraSource(FrameSource):
     `capture` is an opened cv2.VideoCapture (or anything with its read/release methods).
     """
 
-    def __init__(self, capture: cv2.VideoCapture, name: str, stall_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        capture: cv2.VideoCapture,
+        name: str,
+        stall_timeout_s: float = 5.0,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.name = name
         self.stall_timeout_s = stall_timeout_s
         self._capture = capture
@@ -238,7 +268,7 @@ class CameraSource(FrameSource):
             ok, image = capture.read(spare)
             return image if ok else None
 
-        self._reader = FrameReader(read, keep_all=False)
+        self._reader = FrameReader(read, keep_all=False, prepare=prepare)
 
     def _next(self) -> Frame | None:
         try:
@@ -260,6 +290,7 @@ def open_camera(
     height: int | None = None,
     fps: float | None = None,
     stall_timeout_s: float = 5.0,
+    prepare: Prepare | None = None,
 ) -> CameraSource:
     """Open a V4L2 device (`/dev/videoN` or an index) and request a resolution and rate."""
     capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
@@ -272,7 +303,7 @@ def open_camera(
     ):
         if value:
             capture.set(prop, value)
-    return CameraSource(capture, str(device), stall_timeout_s)
+    return CameraSource(capture, str(device), stall_timeout_s, prepare)
 
 
 def open_source(
@@ -282,14 +313,18 @@ def open_source(
     height: int | None = None,
     fps: float | None = None,
     stall_timeout_s: float = 5.0,
+    prepare: Prepare | None = None,
 ) -> FrameSource:
-    """Pick the source type: a device index or /dev/video*, a folder, else a video file."""
+    """Pick the source type: a device index or /dev/video*, a folder, else a video file.
+
+    `prepare` (e.g. Preprocessor.prepare) makes each frame's model input on the reader thread.
+    """
     if isinstance(source, int) or str(source).isdigit() or str(source).startswith("/dev/video"):
         device = int(source) if str(source).isdigit() else str(source)
-        return open_camera(device, width, height, fps, stall_timeout_s)
+        return open_camera(device, width, height, fps, stall_timeout_s, prepare)
     path = Path(source)
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
-        return ImageFolderSource(path)
-    return VideoFileSource(path, realtime=realtime)
+        return ImageFolderSource(path, prepare)
+    return VideoFileSource(path, realtime, prepare)

@@ -120,7 +120,8 @@ def dry_run(args: argparse.Namespace) -> int:
                 "its labels are meaningless (see models/README.md)",
                 file=sys.stderr,
             )
-        source = stack.enter_context(open_source(args.dry_run, realtime=args.realtime))
+        prepare = pipeline.preprocess.prepare  # on the reader thread: inference only infers
+        source = stack.enter_context(open_source(args.dry_run, args.realtime, prepare=prepare))
         publisher = None
         if config.publish.enabled:
             publisher = Publisher(config.publish.endpoint, config.publish.send_hwm)

@@ -33,7 +33,8 @@ def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
 class Preprocessor:
     """Turns BGR uint8 frames [H, W, 3] into the student's input [1, 3, size, size].
 
-    The returned array is owned by the preprocessor and overwritten by the next call.
+    The returned array is owned by the preprocessor and overwritten by the next call (except
+    with `prepare`). Not thread-safe: one thread at a time.
     """
 
     def __init__(
@@ -87,8 +88,17 @@ class Preprocessor:
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return self.normalize(self.crop(frame))
 
-    def normalize(self, crop: np.ndarray) -> np.ndarray:
+    def prepare(self, frame: np.ndarray, spare: np.ndarray | None = None) -> np.ndarray:
+        """The input of `frame` in `spare` (or a new array) instead of the shared `output`.
+
+        For inputs made ahead on a reader thread (capture's `prepare`): several are in flight.
+        """
+        out = spare if spare is not None else np.empty_like(self.output)
+        return self.normalize(self.crop(frame), out)
+
+    def normalize(self, crop: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The photometric half: a BGR uint8 crop [size, size, 3] to [1, 3, size, size]."""
+        out = self.output if out is None else out
         cv2.LUT(crop, self._table, self._hwc)
-        np.copyto(self.output[0], self._hwc.transpose(2, 0, 1)[::-1])
-        return self.output
+        np.copyto(out[0], self._hwc.transpose(2, 0, 1)[::-1])
+        return out

@@ -77,3 +77,18 @@ def test_embedding_matches_a_direct_computation(tiny_bundle, synthetic_video, tm
         stored[0].embedding_array().astype(np.float32), direct / np.linalg.norm(direct), atol=1e-3
     )
     store.close()
+
+
+def test_inputs_prepared_on_the_reader_thread_give_the_same_observations(
+    tiny_bundle, synthetic_video, tmp_path
+):
+    pipeline = Pipeline(load_config(None, environ={}, overrides={"model": tiny_bundle}))
+    stored = {}
+    for prepare in (None, pipeline.preprocess.prepare):
+        store = Store(tmp_path / f"{prepare is None}.db")
+        with open_source(synthetic_video, prepare=prepare) as source:
+            stats = run(pipeline, source, store)
+        stored[prepare is None] = [(o.labels, o.embedding) for o in store.observations()]
+        assert stats.frames == 40 and stats.summary()["latency_ms"]["preprocess"]["p50"] > 0
+        store.close()
+    assert stored[True] == stored[False]

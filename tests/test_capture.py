@@ -196,3 +196,21 @@ def test_reader_recycles_overwritten_frames_of_a_live_source():
     time.sleep(0.2)
     assert reader.dropped > 20 and len(fresh) <= 3
     reader.close()
+
+
+def test_prepare_runs_on_the_reader_thread_into_recycled_inputs(synthetic_video):
+    threads, spares = set(), []
+
+    def prepare(image, spare):
+        threads.add(threading.current_thread().name)
+        spares.append(spare)
+        out = np.empty(1) if spare is None else spare
+        out[0] = image.mean()
+        return out
+
+    with open_source(synthetic_video, prepare=prepare) as source:
+        frames = [(f.index, float(f.input[0]), float(f.image.mean()), f.prepare_ms) for f in source]
+    assert [f[0] for f in frames] == list(range(40))
+    assert all(value == mean and ms > 0 for _, value, mean, ms in frames)
+    assert threads == {"frame-reader"}
+    assert sum(s is None for s in spares) <= 3  # then recycled
