@@ -96,6 +96,22 @@ def build_variant(
     )
 
 
+def build_variants(
+    fp32: Path, work: Path, calibration: np.ndarray, config: QuantizeConfig
+) -> dict[str, Path]:
+    """Every mode of `config.modes` as `work/<mode>.onnx`, from one shape-inferred FP32 graph."""
+    prepared = work / "prepared.onnx"
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+    except Exception:  # symbolic shape inference gives up on some graphs (ViT reshapes)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    variants = {}
+    for mode in config.modes:
+        variants[mode] = work / f"{mode}.onnx"
+        build_variant(prepared, variants[mode], mode, calibration, config)
+    return variants
+
+
 def interleaved_latency_ms(
     models: dict[str, Path], frame: np.ndarray, runs: int, threads: int
 ) -> dict[str, float]:
@@ -135,13 +151,7 @@ def quantize(
 ) -> dict[str, Any]:
     """Build every mode, measure it, copy the selected one to `out`; returns the report."""
     with tempfile.TemporaryDirectory(prefix="retrofit-quantize-") as tmp:
-        work = Path(tmp)
-        prepared = work / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
-        variants = {}
-        for mode in config.modes:
-            variants[mode] = work / f"{mode}.onnx"
-            build_variant(prepared, variants[mode], mode, calibration, config)
+        variants = build_variants(fp32, Path(tmp), calibration, config)
         latency = interleaved_latency_ms(
             {"fp32": fp32, **variants}, fidelity_inputs[0], config.latency_runs, config.threads
         )
