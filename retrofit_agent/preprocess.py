@@ -53,13 +53,14 @@ class Preprocessor:
         mean_bgr = np.asarray(mean, dtype=np.float32)[::-1]
         std_bgr = np.asarray(std, dtype=np.float32)[::-1]
         # (x / 255 - mean) / std == x * scale - offset, computed per BGR channel; as a table of
-        # the 256 values per channel, so a frame costs one lookup pass instead of two float ones
+        # the 256 values per channel, so a frame costs one lookup per pixel and channel, written
+        # straight into its RGB plane of the output (no float HWC intermediate, no transpose)
         scale = (1.0 / (255.0 * std_bgr)).astype(np.float32)
         offset = (mean_bgr / std_bgr).astype(np.float32)
-        levels = np.arange(256, dtype=np.float32)[:, None]
-        self._table = (levels * scale - offset).reshape(256, 1, 3)
-        self._hwc = np.empty((size, size, 3), dtype=np.float32)
-        self.output = np.empty((1, 3, size, size), dtype=np.float32)
+        levels = np.arange(256, dtype=np.float32)
+        self._tables = [(levels * scale[c] - offset[c]).reshape(256, 1) for c in range(3)]
+        self._plane = np.empty((size, size), dtype=np.uint8)
+        self._output: np.ndarray | None = None  # made on first use: `prepare` brings its own
         self._planned_for: tuple[int, int] | None = None
 
     def _plan(self, height: int, width: int) -> None:
@@ -93,12 +94,18 @@ class Preprocessor:
 
         For inputs made ahead on a reader thread (capture's `prepare`): several are in flight.
         """
-        out = spare if spare is not None else np.empty_like(self.output)
+        out = spare if spare is not None else self._new_output()
         return self.normalize(self.crop(frame), out)
 
     def normalize(self, crop: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The photometric half: a BGR uint8 crop [size, size, 3] to [1, 3, size, size]."""
-        out = self.output if out is None else out
-        cv2.LUT(crop, self._table, self._hwc)
-        np.copyto(out[0], self._hwc.transpose(2, 0, 1)[::-1])
+        if out is None:
+            self._output = self._new_output() if self._output is None else self._output
+            out = self._output
+        for bgr, table in enumerate(self._tables):
+            cv2.extractChannel(crop, bgr, self._plane)
+            cv2.LUT(self._plane, table, out[0, 2 - bgr])
         return out
+
+    def _new_output(self) -> np.ndarray:
+        return np.empty((1, 3, self.size, self.size), dtype=np.float32)
