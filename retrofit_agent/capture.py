@@ -29,7 +29,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-PREFETCH = 1  # decoded frames queued ahead of inference when every frame is wanted
+PREFETCH = 1  # frames decoded ahead of inference when every frame is wanted
 # A container's frame count can be an estimate; fewer frames than this share of it is truncation.
 TRUNCATION_SHARE = 0.98
 
@@ -101,17 +101,19 @@ class FrameReader:
                     time.sleep(max(0.0, due - time.monotonic()))
                     due += self._interval_s
                 with self._cond:
+                    if self._keep_all:  # read only into a free place: no frame waits here
+                        self._cond.wait_for(
+                            lambda: len(self._frames) < self._capacity or self._stopping
+                        )
+                        if self._stopping:
+                            break
                     spare = self._spares.pop() if self._spares else None
                 image = self._read(spare.image if spare else None)
                 if image is None:
                     break
                 frame = self._frame(image, spare)
                 with self._cond:
-                    if self._keep_all:
-                        self._cond.wait_for(
-                            lambda: len(self._frames) < self._capacity or self._stopping
-                        )
-                    elif self._frames:
+                    if not self._keep_all and self._frames:
                         self._spares.append(self._frames.popleft())
                         self.dropped += 1
                     self._frames.append(frame)
