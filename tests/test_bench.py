@@ -19,7 +19,16 @@ def test_bench_json_holds_real_numbers(tiny_bundle, synthetic_video):
     assert report["pipeline"]["frames"] == 2 * 40  # the synthetic video, twice
     stages = report["pipeline"]["latency_ms"]
     assert {"preprocess", "inference", "scoring", "store", "publish"} <= stages.keys()
-    numbers = [report["bare_model"]["fps"], report["pipeline"]["fps"], report["peak_rss_mib"]]
+    bare, pipeline = report["bare_model"], report["pipeline"]
+    numbers = [
+        bare["fps"],
+        bare["cpu_ms_per_frame"],
+        pipeline["fps"],
+        pipeline["inference_thread_cpu_ms_per_frame"],
+        pipeline["all_threads_cpu_ms_per_frame"],
+        report["pipeline_vs_bare_cpu"],
+        report["peak_rss_mib"],
+    ]
     assert all(math.isfinite(n) and n > 0 for n in numbers)
     assert len(report["per_round"]) == 2
     assert report["pipeline_vs_bare"] > 0
