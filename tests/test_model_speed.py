@@ -30,6 +30,7 @@ def tiny_models(bundle: Path, tmp_path: Path) -> list[Model]:
         model_speed.matmul_peak(tmp_path / "int8.onnx", int8=True, size=64),
         Model("tiny-test", "fp32", fp32, TINY_FLOPS, "fp32"),
         Model("tiny-test", "shipped_int8", int8, TINY_FLOPS, "int8"),
+        Model("other-student", "qdq_u8s8", int8, TINY_FLOPS, "int8"),
         Model(CLIP, "fp32", fp32, TINY_FLOPS, "fp32"),
         Model(CLIP, "qdq_u8s8", int8, TINY_FLOPS, "int8"),
     ]
@@ -44,7 +45,7 @@ def test_workers_interleave_and_the_report_aggregates(tiny_bundle, tmp_path):
 
     report = model_speed.make_report(models, measured, [1, 2], "tiny-test", "python bench/x")
     rows = {(r["model"], r["variant"], r["threads"]): r for r in report["rows"]}
-    assert len(rows) == 4 * 2  # the peaks are not rows
+    assert len(rows) == 5 * 2  # the peaks are not rows
     clip = rows[(CLIP, "fp32", 1)]
     assert clip["vs_clip_fp32"] == 1.0 and clip["gflops"] == TINY_FLOPS / 1e9
     shipped = rows[("tiny-test", "shipped_int8", 2)]
@@ -54,10 +55,14 @@ def test_workers_interleave_and_the_report_aggregates(tiny_bundle, tmp_path):
     assert shipped["share_of_peak"] > 0 and shipped["fps"] == pytest.approx(
         1e3 / shipped["median_ms"]
     )
-    assert len(report["targets"]) == 2 * len(model_speed.TARGETS)
-    for target in report["targets"]:
+    targets = [t for t in report["targets"] if not t["reference_only"]]
+    assert [(t["threads"], t["against"]) for t in targets] == [
+        (t, key) for t in (1, 2) for key in model_speed.TARGETS
+    ]
+    assert {t["model"] for t in report["targets"] if t["reference_only"]} == {"other-student"}
+    for target in targets:
         row = rows[("tiny-test", "shipped_int8", target["threads"])]
-        assert target["achieved"] in (row["vs_clip_fp32"], row["vs_clip_int8"])
+        assert target["achieved"] == row[target["against"]]
         assert target["met"] == (target["margin"] >= 1)
 
     pytest.importorskip("matplotlib", reason="the plot needs the [distill] extra")
@@ -65,4 +70,5 @@ def test_workers_interleave_and_the_report_aggregates(tiny_bundle, tmp_path):
     assert json.loads((tmp_path / "out/speed.json").read_text())["command"] == "python bench/x"
     markdown = (tmp_path / "out/speed.md").read_text()
     assert "| tiny-test | shipped_int8 |" in markdown and "## 2 threads" in markdown
+    assert "| tiny-test (the bundle) | shipped_int8 | 1 |" in markdown
     assert (tmp_path / "out/speed.png").stat().st_size > 0
