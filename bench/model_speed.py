@@ -559,7 +559,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     threads = report["run"]["threads"]
     fig, axes = plt.subplots(1, len(threads), figsize=(6 * len(threads), 8), sharey=True)
-    for ax, t in zip(np.atleast_1d(axes), threads, strict=True):
+    axes = np.atleast_1d(axes)
+    for ax, t in zip(axes, threads, strict=True):
         rows = [r for r in report["rows"] if r["threads"] == t]
         labels = [f"{r['model']}/{r['variant']}" for r in rows]
         colors = ["tab:red" if r["model"] == CLIP else "tab:blue" for r in rows]
@@ -567,7 +568,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("median latency, ms (log)")
         ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
-        ax.invert_yaxis()
+    axes[0].invert_yaxis()  # shared by all: once, so the first model is on top
     fig.suptitle("Single-frame latency, onnxruntime CPU (red: CLIP ViT-B/32 image tower)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
