@@ -170,16 +170,19 @@ def calibration_frames(video: Path, count: int, bundle: Path | None = None) -> n
 
 
 def quantized(fp32: Path, work: Path, modes: list[str], calibration: np.ndarray) -> dict:
-    """Every INT8 mode of `fp32`, built once into `work` by the distillation's quantizer."""
+    """Every INT8 mode of `fp32` the distillation's quantizer can build, built once into
+    `work`; a mode that fails is left out (and said so)."""
     from retrofit_agent.distill.config import QuantizeConfig
     from retrofit_agent.distill.quantize import build_variants
 
     missing = [m for m in modes if not (work / f"{m}.onnx").is_file()]
     if missing:
         config = QuantizeConfig(modes=missing, calibration_frames=len(calibration))
-        build_variants(fp32, work, calibration, config)
+        _, failed = build_variants(fp32, work, calibration, config)
         (work / "prepared.onnx").unlink()
-    return {mode: work / f"{mode}.onnx" for mode in modes}
+        for failure in failed:
+            print(f"{fp32}: {failure['mode']} left out: {failure['error']}", file=sys.stderr)
+    return {mode: work / f"{mode}.onnx" for mode in modes if (work / f"{mode}.onnx").is_file()}
 
 
 def exported(work: Path, build) -> Path:

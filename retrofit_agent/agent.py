@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,7 +17,7 @@ from retrofit_agent.bundle import load_bundle
 from retrofit_agent.capture import Frame, FrameSource
 from retrofit_agent.config import AgentConfig
 from retrofit_agent.embedder import Embedder
-from retrofit_agent.errors import BundleError
+from retrofit_agent.errors import BundleError, StoreFull
 from retrofit_agent.labels import load_label_bank
 from retrofit_agent.observation import LabelScore, ModelRef, Observation, encode_embedding
 from retrofit_agent.preprocess import Preprocessor
@@ -32,31 +32,39 @@ class Pipeline:
     """The verified bundle, loaded: preprocessor, student session and label bank."""
 
     def __init__(self, config: AgentConfig) -> None:
-        self.device_id = config.device_id
-        self.bundle = load_bundle(config.model)
-        manifest = self.bundle.manifest
-        self.embedder = Embedder(
-            self.bundle.student_path,
+        self.load(config)
+
+    def load(self, config: AgentConfig) -> None:
+        """Load (or reload, on SIGHUP) everything `config` names; all or nothing on errors."""
+        bundle = load_bundle(config.model)
+        manifest = bundle.manifest
+        embedder = Embedder(
+            bundle.student_path,
             manifest.size,
             manifest.embedding_dim,
             config.embedder.intra_op_threads,
             config.embedder.inter_op_threads,
         )
-        labels_path = config.labels or self.bundle.labels_path
-        self.bank = load_label_bank(labels_path)
-        if self.bank.dim != manifest.embedding_dim:
+        labels_path = config.labels or bundle.labels_path
+        bank = load_label_bank(labels_path)
+        if bank.dim != manifest.embedding_dim:
             raise BundleError(
-                f"{labels_path}: label embeddings have dimension {self.bank.dim}, but "
-                f"{self.bundle.student_path.name} outputs {manifest.embedding_dim}"
+                f"{labels_path}: label embeddings have dimension {bank.dim}, but "
+                f"{bundle.student_path.name} outputs {manifest.embedding_dim}"
             )
-        self.preprocess = Preprocessor(
+        preprocess = Preprocessor(
             manifest.size,
             manifest.resize.shortest_side,
             manifest.resize.interpolation,
             manifest.mean,
             manifest.std,
         )
-        self.model_ref = ModelRef(name=manifest.name, manifest_sha256=self.bundle.manifest_sha256)
+        self.device_id = config.device_id
+        self.bundle = bundle
+        self.embedder = embedder
+        self.bank = bank
+        self.preprocess = preprocess
+        self.model_ref = ModelRef(name=manifest.name, manifest_sha256=bundle.manifest_sha256)
 
     def embed(self, frame: Frame, timings: dict[str, float]) -> np.ndarray:
         """The frame's L2-normalised embedding [D]; stage times (ms) are added to `timings`.
@@ -99,38 +107,60 @@ class Pipeline:
         return observation
 
 
+class Window:
+    """The last `size` values in a preallocated array: a months-long run's memory stays flat."""
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self._values = np.zeros(size)
+        self._count = 0
+
+    def append(self, value: float) -> None:
+        self._values[self._count % len(self._values)] = value
+        self._count += 1
+
+    def values(self) -> np.ndarray:
+        return self._values[: min(self._count, len(self._values))]
+
+    def __len__(self) -> int:
+        return min(self._count, len(self._values))
+
+
 @dataclass
 class RunStats:
     """What a run did: frames, label counts and a window of per-stage latencies (ms)."""
 
     frames: int = 0
     dropped: int = 0
+    skipped: int = 0  # frames that got no sequence number: the disk was full
     interrupted: bool = False
     wall_s: float = 0.0
     label_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    latency_ms: dict[str, deque[float]] = field(
-        default_factory=lambda: {s: deque(maxlen=LATENCY_WINDOW) for s in (*STAGES, "total")}
+    latency_ms: dict[str, Window] = field(
+        default_factory=lambda: {s: Window() for s in (*STAGES, "total")}
     )
+    latency_sum_ms: Counter[str] = field(default_factory=Counter)  # since the start (metrics)
 
     def record(self, observation: Observation, timings: dict[str, float]) -> None:
         self.frames += 1
         self.label_counts.update((s.group, s.label) for s in observation.labels)
-        for stage, ms in timings.items():
+        total = sum(v for k, v in timings.items() if k != "capture")
+        for stage, ms in (*timings.items(), ("total", total)):
             self.latency_ms[stage].append(ms)
-        self.latency_ms["total"].append(sum(v for k, v in timings.items() if k != "capture"))
+            self.latency_sum_ms[stage] += ms
 
     def summary(self) -> dict:
         percentiles = {
             stage: {
-                "p50": float(np.percentile(values, 50)),
-                "p90": float(np.percentile(values, 90)),
+                "p50": float(np.percentile(window.values(), 50)),
+                "p90": float(np.percentile(window.values(), 90)),
             }
-            for stage, values in self.latency_ms.items()
-            if values
+            for stage, window in self.latency_ms.items()
+            if len(window)
         }
         return {
             "frames": self.frames,
             "dropped": self.dropped,
+            "skipped": self.skipped,
             "wall_s": self.wall_s,
             "interrupted": self.interrupted,
             "fps": self.frames / self.wall_s if self.wall_s else 0.0,
@@ -146,9 +176,13 @@ def run(
     publisher: Publisher | None = None,
     max_frames: int | None = None,
     on_frame: Callable[[RunStats], None] | None = None,
+    stats: RunStats | None = None,
 ) -> RunStats:
-    """Process frames until the source ends, `max_frames` or Ctrl-C; always flushes the store."""
-    stats = RunStats()
+    """Process frames until the source ends, `max_frames` or Ctrl-C; always flushes the store.
+
+    `stats` (default: new) is updated in place, so a caller can read it while the run goes on.
+    """
+    stats = RunStats() if stats is None else stats
     started = time.perf_counter()
     frames = iter(source)
     try:
@@ -158,17 +192,22 @@ def run(
             if frame is None:
                 break
             timings = {"capture": (time.perf_counter() - t0) * 1e3}
-            observation = pipeline.observe(frame, source.name, store.allocate_seq(), timings)
-            header = observation.header_json()
-            t1 = time.perf_counter()
-            store.add(observation, header)
-            t2 = time.perf_counter()
-            if publisher is not None:
-                publisher.publish(observation, header)
-            t3 = time.perf_counter()
-            timings["store"] = (t2 - t1) * 1e3
-            timings["publish"] = (t3 - t2) * 1e3
-            stats.record(observation, timings)
+            try:
+                seq = store.allocate_seq()
+            except StoreFull:
+                stats.skipped += 1  # without a seq reserved on disk it can be neither kept nor sent
+            else:
+                observation = pipeline.observe(frame, source.name, seq, timings)
+                header = observation.header_json()
+                t1 = time.perf_counter()
+                store.add(observation, header)
+                t2 = time.perf_counter()
+                if publisher is not None:
+                    publisher.publish(observation, header)
+                t3 = time.perf_counter()
+                timings["store"] = (t2 - t1) * 1e3
+                timings["publish"] = (t3 - t2) * 1e3
+                stats.record(observation, timings)
             if on_frame is not None:
                 on_frame(stats)
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from retrofit_agent.capture import open_source
 from retrofit_agent.config import DEFAULT_MODEL, AgentConfig
 from retrofit_agent.errors import SourceError
 from retrofit_agent.publish import Publisher
-from retrofit_agent.store import Store
+from retrofit_agent.store import open_store
 
 # Next to the repository, as in a development checkout; on a camera, pass --video.
 DEFAULT_VIDEO = DEFAULT_MODEL.parent.parent.parent / "shared/data/video/solidWhiteRight.mp4"
@@ -72,19 +72,11 @@ def time_model(pipeline: Pipeline, batch: np.ndarray, runs: int) -> dict[str, An
 
 def run_pipeline(pipeline: Pipeline, config: AgentConfig, video: Path) -> dict[str, Any]:
     """One dry run over `video` into a temporary database: its summary and CPU per frame."""
-    s = config.store
     with (
         tempfile.TemporaryDirectory(prefix="retrofit-bench-") as tmp,
         open_source(video, prepare=pipeline.preprocess.prepare) as src,
     ):
-        store = Store(
-            Path(tmp) / "observations.db",
-            s.max_rows,
-            s.max_bytes,
-            s.commit_every,
-            s.commit_interval_s,
-            s.synchronous,
-        )
+        store = open_store(config.store.model_copy(update={"path": Path(tmp) / "bench.db"}))
         publisher = Publisher(ANY_LOCAL_PORT, config.publish.send_hwm)
         cpu, process_cpu = time.thread_time(), time.process_time()
         try:
@@ -122,8 +114,8 @@ def bench(config: AgentConfig, video: Path, rounds: int = 3, runs: int = 100) ->
         model = time_model(pipeline, batch, runs)
         model_ms += model["ms"]
         summary = run_pipeline(pipeline, config, video)
-        for stage, values in summary["samples"].items():
-            stage_ms[stage] += values
+        for stage, window in summary["samples"].items():
+            stage_ms[stage] += window.values().tolist()
         per_round.append(
             {
                 "model_fps": model["fps"],

@@ -61,6 +61,9 @@ class FrameReader:
     when full; otherwise only the newest frame is kept and overwritten ones are counted in
     `dropped`. `interval_s` paces reads (a file played at its native rate). `prepare` makes
     each frame's model input on this thread (also for frames that are dropped later).
+    `release` runs on the reader thread once it stops reading, so a capture is never released
+    under a read that is still blocked in the driver (a stalled camera), whatever close()'s
+    timeout.
 
     Frames are recycled: `read` gets a spare image (one the consumer is done with, or None) to
     decode into and `prepare` a spare input, so a steady stream allocates no frame memory. The
@@ -75,9 +78,11 @@ class FrameReader:
         capacity: int = PREFETCH,
         interval_s: float = 0.0,
         prepare: Prepare | None = None,
+        release: Callable[[], object] | None = None,
     ) -> None:
         self._read = read
         self._prepare = prepare
+        self._release = release
         self._keep_all = keep_all
         self._capacity = capacity if keep_all else 1
         self._interval_s = interval_s
@@ -122,6 +127,8 @@ class FrameReader:
         except BaseException as exc:  # handed to the consumer, who re-raises it
             self._error = exc
         finally:
+            if self._release is not None:
+                self._release()
             with self._cond:
                 self._finished = True
                 self._cond.notify_all()
@@ -190,9 +197,19 @@ class FrameSource:
 
 
 class VideoFileSource(FrameSource):
-    """A video file, decoded as fast as possible or paced at its native frame rate."""
+    """A video file, decoded as fast as possible or paced at its native frame rate.
 
-    def __init__(self, path: Path, realtime: bool = False, prepare: Prepare | None = None) -> None:
+    `loop` starts again at the first frame after the last, endlessly: a recorded drive stands
+    in for a live camera (bench tests of the service, soak runs).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        realtime: bool = False,
+        loop: bool = False,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.name = str(path)
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
@@ -200,7 +217,7 @@ class VideoFileSource(FrameSource):
             self._capture.release()
             raise SourceError(f"{path}: not a readable video (no decodable frame)")
         declared = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.total = declared if declared > 0 else None
+        self.total = declared if declared > 0 and not loop else None
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         pending = [first]
 
@@ -208,10 +225,14 @@ class VideoFileSource(FrameSource):
             if pending:
                 return pending.pop()
             ok, image = self._capture.read(spare)
+            if not ok and loop and self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                ok, image = self._capture.read(spare)
             return image if ok else None
 
         interval = 1.0 / self.fps if realtime and self.fps > 0 else 0.0
-        self._reader = FrameReader(read, not realtime, interval_s=interval, prepare=prepare)
+        self._reader = FrameReader(
+            read, not realtime, interval_s=interval, prepare=prepare, release=self._capture.release
+        )
 
     def _finish(self) -> None:
         read = self._reader.read_count
@@ -220,10 +241,6 @@ class VideoFileSource(FrameSource):
                 f"{self.name}: video ends after {read} of {self.total} frames "
                 "(truncated or corrupt)"
             )
-
-    def close(self) -> None:
-        super().close()
-        self._capture.release()
 
 
 class ImageFolderSource(FrameSource):
@@ -264,13 +281,12 @@ class CameraSource(FrameSource):
     ) -> None:
         self.name = name
         self.stall_timeout_s = stall_timeout_s
-        self._capture = capture
 
         def read(spare: np.ndarray | None) -> np.ndarray | None:
             ok, image = capture.read(spare)
             return image if ok else None
 
-        self._reader = FrameReader(read, keep_all=False, prepare=prepare)
+        self._reader = FrameReader(read, keep_all=False, prepare=prepare, release=capture.release)
 
     def _next(self) -> Frame | None:
         try:
@@ -280,10 +296,6 @@ class CameraSource(FrameSource):
         if frame is None:
             raise DeviceLost(f"{self.name}: camera stopped delivering frames (vanished?)")
         return frame
-
-    def close(self) -> None:
-        super().close()
-        self._capture.release()
 
 
 def open_camera(
@@ -315,6 +327,7 @@ def open_source(
     height: int | None = None,
     fps: float | None = None,
     stall_timeout_s: float = 5.0,
+    loop: bool = False,
     prepare: Prepare | None = None,
 ) -> FrameSource:
     """Pick the source type: a device index or /dev/video*, a folder, else a video file.
@@ -329,4 +342,4 @@ def open_source(
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
         return ImageFolderSource(path, prepare)
-    return VideoFileSource(path, realtime, prepare)
+    return VideoFileSource(path, realtime, loop, prepare)

@@ -20,10 +20,10 @@ from typing import Any
 from retrofit_agent import __version__
 from retrofit_agent.agent import Pipeline, RunStats, run
 from retrofit_agent.capture import open_source
-from retrofit_agent.config import AgentConfig, load_config
+from retrofit_agent.config import load_config
 from retrofit_agent.errors import RetrofitError
 from retrofit_agent.publish import Publisher
-from retrofit_agent.store import Store
+from retrofit_agent.store import Store, open_store
 
 INTERRUPTED = 130
 
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--db", type=Path, dest="upload_db", help="database (default: config's)")
     # also accepted after the command; SUPPRESS keeps a --config given before it
     upload.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent config")
+    serve = commands.add_parser("run", help="the service on a live camera (systemd runs this)")
+    serve.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
     bench = commands.add_parser("bench", help="bare model and pipeline FPS, stages, peak RSS")
     bench.add_argument("--video", type=Path, help="default: ../shared's solidWhiteRight.mp4")
     bench.add_argument("--rounds", type=int, default=3, help="model/pipeline rounds (3)")
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             return queue_command(args)
         if args.command == "upload":
             return upload_command(args)
+        if args.command == "run":
+            from retrofit_agent import service  # the dry run does without its imports
+
+            return service.main(args.config)
         if args.command == "bench":
             return bench_command(args)
     except RetrofitError as exc:
@@ -126,7 +132,7 @@ def dry_run(args: argparse.Namespace) -> int:
         if config.publish.enabled:
             publisher = Publisher(config.publish.endpoint, config.publish.send_hwm)
             stack.callback(publisher.close)
-        store = _open_store(config)
+        store = open_store(config.store)
         stack.callback(store.close)
         progress = Progress(source.total)
         stats = run(pipeline, source, store, publisher, args.max_frames, progress)
@@ -140,13 +146,6 @@ def dry_run(args: argparse.Namespace) -> int:
         }
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return INTERRUPTED if stats.interrupted else 0
-
-
-def _open_store(config: AgentConfig) -> Store:
-    s = config.store
-    return Store(
-        s.path, s.max_rows, s.max_bytes, s.commit_every, s.commit_interval_s, s.synchronous
-    )
 
 
 def queue_command(args: argparse.Namespace) -> int:

@@ -21,10 +21,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from retrofit_agent.errors import ConfigError
@@ -48,6 +50,34 @@ class CaptureConfig(StrictModel):
     fps: PositiveFloat | None = None
     realtime: bool = Field(False, description="video files: pace at the native frame rate")
     stall_timeout_s: PositiveFloat = Field(5.0, description="no new frame for this long: lost")
+    loop: bool = Field(False, description="video files: start again at the end (a stand-in camera)")
+
+
+class ServiceConfig(StrictModel):
+    """`retrofit-agent run`: how a faulty camera is reopened, how often status is logged."""
+
+    reconnect_initial_s: PositiveFloat = Field(0.5, description="first wait before reopening")
+    reconnect_max_s: PositiveFloat = Field(30.0, description="the wait doubles up to this")
+    max_corrupt_frames: PositiveInt = Field(10, description="corrupt frames in a row: reopen")
+    status_interval_s: PositiveFloat = Field(300.0, description="a status line in the log")
+
+    @model_validator(mode="after")
+    def _initial_below_max(self) -> ServiceConfig:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+        return self
+
+
+class MetricsConfig(StrictModel):
+    """Prometheus text format: HTTP on localhost and/or a node-exporter textfile."""
+
+    listen: str = Field("127.0.0.1:9464", pattern=r"^(|.+:\d+)$", description="empty: off")
+    textfile: Path | None = Field(None, description="e.g. .../textfile_collector/retrofit.prom")
+    interval_s: PositiveFloat = Field(5.0, description="how often the snapshot is refreshed")
+
+
+class LoggingConfig(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class EmbedderConfig(StrictModel):
@@ -66,6 +96,7 @@ class StoreConfig(StrictModel):
     commit_every: PositiveInt = Field(30, description="rows per transaction")
     commit_interval_s: PositiveFloat = Field(1.0, description="longest a row waits uncommitted")
     synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
+    min_free_bytes: NonNegativeInt = Field(64 * 1024**2, description="never fill the disk")
 
 
 class PublishConfig(StrictModel):
@@ -131,6 +162,9 @@ class AgentConfig(StrictModel):
     model: Path = DEFAULT_MODEL
     labels: Path | None = Field(None, description="a labels.npz replacing the bundle's")
     capture: CaptureConfig | None = None
+    service: ServiceConfig = ServiceConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     store: StoreConfig = StoreConfig()
     publish: PublishConfig = PublishConfig()

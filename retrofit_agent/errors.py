@@ -45,6 +45,10 @@ class StoreError(RetrofitError):
     exit_code = 74  # EX_IOERR
 
 
+class StoreFull(StoreError):
+    """The disk is full: no sequence number can be reserved, so a frame cannot be handled."""
+
+
 class UploadError(RetrofitError):
     """The ingest endpoint was unreachable or did not acknowledge; a later try may succeed."""
 

@@ -7,10 +7,18 @@
   SEQ_BLOCK numbers are reserved in the `meta` table before they are handed out, so a crash
   leaves a gap, never a duplicate `(device_id, seq)`.
 - Bound and eviction order: after each batch, while the table holds more than `max_rows` rows
-  or its used pages exceed `max_bytes`, rows are deleted oldest uploaded first, then oldest
-  pending. Insert and eviction share one transaction. Freed pages are reused, so the file stays
-  near `max_bytes`; `retrofit-agent queue vacuum` returns the space to the filesystem.
-  Quarantined rows (refused for good by the ingest server) count as not uploaded: they are
+  or its used pages exceed `max_bytes` (or what the filesystem can spare beyond
+  `min_free_bytes`), rows are deleted oldest uploaded first, then oldest pending. Insert and
+  eviction share one transaction. Freed pages are reused, so the file stays near its bound;
+  `retrofit-agent queue vacuum` returns the space to the filesystem.
+- A full disk (SQLITE_FULL) is not fatal: the batch is rolled back, a chunk of rows is evicted
+  in the order above and the batch retried; a batch that still does not fit after
+  FULL_RETRIES rounds is dropped and counted, never retried forever; while no block of seqs
+  can be reserved, allocate_seq raises StoreFull (the frame is skipped). Nothing is
+  remembered, so the queue grows again once space is freed; a full disk is logged at most
+  once a minute. Every committed batch is logged at debug level
+  (`committed rows= first_seq= last_seq=`): that line is the acknowledgement.
+- Quarantined rows (refused for good by the ingest server) count as not uploaded: they are
   evicted together with pending rows, oldest first, and stay for diagnosis as long as those.
 - Upload state: rows leave `pending` only through `set_state` (retrofit_agent.upload calls it
   after the server's acknowledgement), so a crash re-sends instead of losing.
@@ -20,14 +28,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from retrofit_agent.errors import StoreError
+from retrofit_agent.config import StoreConfig
+from retrofit_agent.errors import StoreError, StoreFull
+from retrofit_agent.logs import kv
 from retrofit_agent.observation import Observation
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SEQ_BLOCK = 1000
@@ -35,6 +49,9 @@ PENDING = "pending"
 UPLOADED = "uploaded"
 QUARANTINED = "quarantined"
 EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
+FULL_RETRIES = 3  # evict-and-retry rounds before a batch that does not fit is dropped
+FULL_COOLDOWN_S = 5.0  # after a failed seq reservation, the next try waits this long
+FULL_LOG_INTERVAL_S = 60.0  # a full disk is logged at most this often (it may last hours)
 # The tables as sqlite-utils created them before (plain sqlite3 saves ~3 MiB of agent RSS).
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
@@ -60,17 +77,23 @@ class Store:
         commit_every: int = 30,
         commit_interval_s: float = 1.0,
         synchronous: str = "FULL",
+        min_free_bytes: int = 0,
     ) -> None:
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
         self._pending: list[dict[str, Any]] = []
         self._oldest_pending_at = 0.0
         self.evicted = 0
+        self.disk_full = 0  # SQLITE_FULL events
+        self.dropped = 0  # rows that did not fit even after eviction
+        self._full_until = 0.0  # no seq reservation is tried before this (monotonic)
+        self._full_logged_at = -FULL_LOG_INTERVAL_S
         try:
-            # autocommit: transactions are explicit (_atomic), never opened behind our back
+            # autocommit: transactions are explicit (_immediate), never opened behind our back
             self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
@@ -80,6 +103,23 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open observation database: {exc}") from None
 
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """A write transaction that takes the write lock first (BEGIN IMMEDIATE).
+
+        The service's uploader writes through a second connection. A deferred transaction that
+        reads before it writes fails at once with "database is locked" when the other one
+        committed in between; an immediate one waits for the lock (the busy timeout) instead.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:  # the work or the COMMIT itself (SQLITE_FULL) failed
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
     @classmethod
     def open_existing(cls, path: Path, **bounds: Any) -> Store:
         """Open a database that must already exist (for the `queue` commands)."""
@@ -87,23 +127,11 @@ class Store:
             raise StoreError(f"{path}: no such observation database")
         return cls(path, **bounds)
 
-    @contextlib.contextmanager
-    def _atomic(self) -> Iterator[None]:
-        """One transaction: committed at the end, rolled back on any error."""
-        self.db.execute("BEGIN")
-        try:
-            yield
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:  # a failed COMMIT may already have rolled back
-                self.db.execute("ROLLBACK")
-            raise
-
     def _count(self) -> int:
         return self.db.execute("SELECT count(*) FROM observations").fetchone()[0]
 
     def _create_schema(self) -> None:
-        with self._atomic():
+        with self._immediate():
             for statement in SCHEMA:
                 self.db.execute(statement)
             version = int(self._meta("schema_version", SCHEMA_VERSION))
@@ -111,7 +139,8 @@ class Store:
                 raise StoreError(
                     f"{self.path}: schema version {version}, this agent reads {SCHEMA_VERSION}"
                 )
-            self._set_meta("schema_version", SCHEMA_VERSION)
+            if self._meta("schema_version", "") == "":  # a new database: no write otherwise
+                self._set_meta("schema_version", SCHEMA_VERSION)
 
     def _meta(self, key: str, default: Any) -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -125,11 +154,20 @@ class Store:
         )
 
     def allocate_seq(self) -> int:
-        """The next sequence number; reserves a new block (one small commit) when needed."""
+        """The next sequence number; reserves a new block (one small commit) when needed.
+
+        StoreFull if the disk is too full to record the reservation (tried again after
+        FULL_COOLDOWN_S): a number that is not reserved on disk could be reused after a crash.
+        """
         if self._next_seq >= self._reserved:
-            self._reserved = self._next_seq + SEQ_BLOCK
-            with self._atomic():
-                self._set_meta("seq_reserved", self._reserved)
+            reserved = self._next_seq + SEQ_BLOCK
+            full = StoreFull(f"{self.path}: disk full, cannot reserve sequence numbers")
+            if time.monotonic() < self._full_until:
+                raise full
+            if not self._write(lambda: self._set_meta("seq_reserved", reserved)):
+                self._full_until = time.monotonic() + FULL_COOLDOWN_S
+                raise full
+            self._reserved = reserved
         seq = self._next_seq
         self._next_seq += 1
         return seq
@@ -158,15 +196,63 @@ class Store:
         """Commit buffered rows and enforce the bound, in one transaction."""
         if not self._pending:
             return
-        try:
-            with self._atomic():
-                self.db.executemany(INSERT, self._pending)
-                self._rows += len(self._pending)
-                self._evict()
-        except sqlite3.DatabaseError as exc:
-            self._rows = self._count()
-            raise StoreError(f"{self.path}: cannot write observations: {exc}") from None
+        if self._write(self._insert_pending):
+            first, last = self._pending[0]["seq"], self._pending[-1]["seq"]
+            log.debug(
+                "committed", extra=kv(rows=len(self._pending), first_seq=first, last_seq=last)
+            )
+        else:
+            self.dropped += len(self._pending)
+            self._log_full("disk full, nothing left to evict: observations not stored")
         self._pending.clear()
+
+    def _insert_pending(self) -> None:
+        limit = self._byte_limit()
+        self.db.executemany(INSERT, self._pending)
+        self._rows += len(self._pending)
+        self._evict(limit)
+
+    def _write(self, work: Callable[[], None]) -> bool:
+        """Run `work` in a transaction, making room on SQLITE_FULL; False if it never fit."""
+        for attempt in range(FULL_RETRIES + 1):
+            if self._transaction(work, "write observations"):
+                return True
+            if attempt < FULL_RETRIES:
+                self._make_room()
+        return False
+
+    def _make_room(self) -> None:
+        """After SQLITE_FULL: evict a chunk of rows in the usual order, in its own transaction
+        (which may fail as well: then the retry fails and the batch is dropped)."""
+        self.disk_full += 1
+        before = self._rows
+        count = min(self._rows, max(EVICT_CHUNK, 2 * len(self._pending)))
+        self._transaction(lambda: self._delete_oldest(count), "evict observations")
+        self._log_full("disk full: evicted the oldest rows to make room", before - self._rows)
+
+    def _transaction(self, work: Callable[[], None], what: str) -> bool:
+        """`work` committed (True), or rolled back on SQLITE_FULL (False); StoreError else."""
+        evicted = self.evicted
+        try:
+            with self._immediate():
+                work()
+        except sqlite3.DatabaseError as exc:  # rolled back: so are the counts
+            self._rows, self.evicted = self._count(), evicted
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise StoreError(f"{self.path}: cannot {what}: {exc}") from None
+            return False
+        return True
+
+    def _log_full(self, message: str, evicted: int = 0) -> None:
+        now = time.monotonic()
+        if now - self._full_logged_at >= FULL_LOG_INTERVAL_S:
+            self._full_logged_at = now
+            context = kv(path=self.path, evicted=evicted, rows=self._rows, dropped=self.dropped)
+            log.warning(message, extra=context)
+
+    def size(self) -> tuple[int, int]:
+        """Rows and used bytes, without a table scan (cheap enough for every metrics snapshot)."""
+        return self._rows, self._used_bytes()
 
     def _used_bytes(self) -> int:
         pages = self.db.execute("PRAGMA page_count").fetchone()[0]
@@ -174,10 +260,18 @@ class Store:
         size = self.db.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
 
-    def _evict(self) -> None:
+    def _byte_limit(self) -> int:
+        """`max_bytes`, less where the filesystem is short: the database file only grows into
+        free space beyond `min_free_bytes`, so it never fills the disk (on a full disk SQLite
+        may not even manage the deletes that would make room)."""
+        fs = os.statvfs(self.path.parent)
+        spare = fs.f_bavail * fs.f_frsize - self.min_free_bytes
+        return min(self.max_bytes, self.path.stat().st_size + max(0, spare))
+
+    def _evict(self, limit: int) -> None:
         if self._rows > self.max_rows:
             self._delete_oldest(self._rows - self.max_rows)
-        while self._rows and self._used_bytes() > self.max_bytes:
+        while self._rows and self._used_bytes() > limit:
             self._delete_oldest(min(EVICT_CHUNK, self._rows))
 
     def _delete_oldest(self, count: int) -> None:
@@ -238,7 +332,7 @@ class Store:
     def set_state(self, seqs: Iterable[int], state: str) -> None:
         """Move pending rows to `state` in one transaction (rows evicted meanwhile are skipped)."""
         try:
-            with self._atomic():
+            with self._immediate():
                 self.db.executemany(
                     "UPDATE observations SET state = ? WHERE seq = ? AND state = ?",
                     [(state, seq, PENDING) for seq in seqs],
@@ -252,7 +346,7 @@ class Store:
 
     def add_upload_spent(self, day: str, nbytes: int) -> None:
         try:
-            with self._atomic():
+            with self._immediate():
                 spent = self.upload_spent(day) + nbytes
                 self._set_meta("upload_day", day)
                 self._set_meta("upload_spent", spent)
@@ -268,3 +362,16 @@ class Store:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def open_store(config: StoreConfig) -> Store:
+    """The queue a `[store]` section describes."""
+    return Store(
+        config.path,
+        config.max_rows,
+        config.max_bytes,
+        config.commit_every,
+        config.commit_interval_s,
+        config.synchronous,
+        config.min_free_bytes,
+    )

@@ -402,3 +402,35 @@ class Uploader:
 
     def _wait(self) -> float:
         return max(0.0, self._next_at - time.monotonic())
+
+
+class UploadThread:
+    """The uploader inside the service: its own thread and its own connection to the queue.
+
+    SQLite connections stay in the thread that made them, and an upload may block for a
+    timeout on a bad link, so it never runs on the frame loop. Token and endpoint problems are
+    raised at start (in the caller's thread); later failures are the uploader's to retry.
+    """
+
+    def __init__(self, config: UploadConfig, open_store: Callable[[], Store]) -> None:
+        read_token(config.token_file)  # a missing token fails the service at start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(config, open_store), name="uploader", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, config: UploadConfig, open_store: Callable[[], Store]) -> None:
+        store = open_store()
+        uploader = Uploader(config, store)
+        try:
+            uploader.drain(self._stop)
+        except Exception:
+            log.exception("uploader stopped; observations stay queued until a restart")
+        finally:
+            uploader.close()
+            store.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)

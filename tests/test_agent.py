@@ -5,7 +5,7 @@ import pytest
 import zmq
 from test_publish import subscriber, wait_until_subscribed
 
-from retrofit_agent.agent import STAGES, Pipeline, run
+from retrofit_agent.agent import STAGES, Pipeline, Window, run
 from retrofit_agent.capture import open_source
 from retrofit_agent.config import load_config
 from retrofit_agent.observation import Observation
@@ -92,3 +92,12 @@ def test_inputs_prepared_on_the_reader_thread_give_the_same_observations(
         assert stats.frames == 40 and stats.summary()["latency_ms"]["preprocess"]["p50"] > 0
         store.close()
     assert stored[True] == stored[False]
+
+
+def test_latency_window_keeps_the_last_values_in_fixed_memory():
+    window = Window(size=4)
+    assert len(window) == 0 and window.values().size == 0
+    for value in range(10):
+        window.append(value)
+    assert len(window) == 4
+    assert sorted(window.values()) == [6, 7, 8, 9]

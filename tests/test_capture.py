@@ -214,3 +214,44 @@ def test_prepare_runs_on_the_reader_thread_into_recycled_inputs(synthetic_video)
     assert all(value == mean and ms > 0 for _, value, mean, ms in frames)
     assert threads == {"frame-reader"}
     assert sum(s is None for s in spares) <= 3  # then recycled
+
+
+def test_looped_file_starts_again_endlessly(synthetic_video):
+    with open_source(synthetic_video, loop=True) as source:
+        assert source.total is None  # endless, and never "truncated"
+        # images are recycled once the next frame is asked for: read them on the way
+        frames = [
+            (f.index, float(f.image.mean())) for _, f in zip(range(100), source, strict=False)
+        ]
+    assert [index for index, _ in frames] == list(range(100))
+    brightness = [mean for _, mean in frames]
+    assert brightness[40] == brightness[0] and brightness[80] == brightness[0]
+    assert brightness[39] > brightness[0] + 150
+
+
+def test_a_stalled_camera_is_released_only_after_its_read_returns():
+    class Stalled:
+        """A driver read that blocks until told otherwise."""
+
+        def __init__(self):
+            self.reading, self.unblock, self.released = (threading.Event() for _ in range(3))
+            self.released_while_reading = None
+
+        def read(self, image=None):
+            self.reading.set()
+            self.unblock.wait(10)
+            self.reading.clear()
+            return False, None
+
+        def release(self):
+            self.released_while_reading = self.reading.is_set()
+            self.released.set()
+
+    device = Stalled()
+    camera = CameraSource(device, "/dev/video-fake", stall_timeout_s=0.2)
+    with pytest.raises(DeviceLost, match="no frame for 0.2 s"):
+        list(camera)
+    camera.close()  # gives up waiting for the reader, but must not pull the capture from under it
+    assert not device.released.is_set()
+    device.unblock.set()
+    assert device.released.wait(5) and device.released_while_reading is False

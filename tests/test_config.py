@@ -100,3 +100,18 @@ def test_defaults_without_file():
     config = load_config(None, environ={})
     assert isinstance(config, AgentConfig)
     assert config.publish.endpoint.startswith("tcp://127.0.0.1:")
+
+
+def test_service_sections(tmp_path):
+    config = load_config(
+        write(tmp_path, '[service]\nreconnect_max_s = 60\n[metrics]\nlisten = ""\n'), environ={}
+    )
+    assert config.service.reconnect_max_s == 60 and config.service.reconnect_initial_s == 0.5
+    assert config.metrics.listen == "" and config.logging.level == "INFO"
+    assert config.store.min_free_bytes == 64 * 1024**2
+    with pytest.raises(ConfigError, match="reconnect_initial_s must not exceed reconnect_max_s"):
+        load_config(write(tmp_path, "[service]\nreconnect_initial_s = 90\n"), environ={})
+    with pytest.raises(ConfigError, match="metrics.listen: String should match pattern"):
+        load_config(write(tmp_path, '[metrics]\nlisten = "localhost"\n'), environ={})
+    with pytest.raises(ConfigError, match="logging.level: Input should be"):
+        load_config(write(tmp_path, '[logging]\nlevel = "LOUD"\n'), environ={})

@@ -32,16 +32,19 @@ MODELS = ("teacher", "student_fp32", "student_int8")
 
 
 def labelled_images(folder: Path) -> tuple[list[str], list[Path], np.ndarray]:
-    """(class names, image paths, class index per image) from one sub-folder per class."""
+    """(class names, image paths, class index per image) from one sub-folder per class.
+
+    An empty sub-folder is still a class: a wrong answer the classifier can give (e.g. every
+    seen combination when only held-out ones are tested).
+    """
     if not folder.is_dir():
         raise ConfigError(f"eval.folder: {folder}: no such folder")
     classes, paths, labels = [], [], []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         files = sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            labels += [len(classes)] * len(files)
-            classes.append(sub.name)
-            paths += files
+        labels += [len(classes)] * len(files)
+        classes.append(sub.name)
+        paths += files
     if not paths:
         raise ConfigError(f"eval.folder: {folder}: no images in class sub-folders")
     return classes, paths, np.asarray(labels)
@@ -113,6 +116,7 @@ def evaluate(
         "per_class": {
             c: {m: float(correct[m][labels == i].mean()) for m in MODELS}
             for i, c in enumerate(classes)
+            if (labels == i).any()
         },
         "cosine": {name: _stats(values) for name, values in cosine.items()},
     }
@@ -127,7 +131,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def plot(report: dict[str, Any], cosine: dict[str, np.ndarray], path: Path) -> None:
-    classes = report["classes"]
+    classes = list(report["per_class"])
     fig, (bars, hist) = plt.subplots(1, 2, figsize=(max(10, 0.5 * len(classes) + 6), 4.5))
     x = np.arange(len(classes))
     for i, model in enumerate(MODELS):

@@ -33,7 +33,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from retrofit_agent.distill.config import QuantizeConfig
 from retrofit_agent.distill.export import onnx_embeddings, ort_session
 from retrofit_agent.embedder import INPUT_NAME, OUTPUT_NAME
-from retrofit_agent.errors import BundleError
+from retrofit_agent.errors import BundleError, one_line
 from retrofit_agent.labels import LabelBank
 
 METHODS = {
@@ -98,34 +98,46 @@ def build_variant(
 
 def build_variants(
     fp32: Path, work: Path, calibration: np.ndarray, config: QuantizeConfig
-) -> dict[str, Path]:
-    """Every mode of `config.modes` as `work/<mode>.onnx`, from one shape-inferred FP32 graph."""
+) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """Every mode of `config.modes` as `work/<mode>.onnx`, from one shape-inferred FP32 graph,
+    and the modes that failed (with the error); BundleError if all did."""
     prepared = work / "prepared.onnx"
     try:
         quant_pre_process(str(fp32), str(prepared))
     except Exception:  # symbolic shape inference gives up on some graphs (ViT reshapes)
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    variants = {}
+    variants, failed = {}, []
     for mode in config.modes:
-        variants[mode] = work / f"{mode}.onnx"
-        build_variant(prepared, variants[mode], mode, calibration, config)
-    return variants
+        try:
+            build_variant(prepared, work / f"{mode}.onnx", mode, calibration, config)
+            variants[mode] = work / f"{mode}.onnx"
+        except Exception as exc:  # the quantizer fails on some graphs; other modes may not
+            failed.append({"mode": mode, "error": one_line(exc), "meets_bar": False})
+    if not variants:
+        raise BundleError(f"every quantization mode failed: {failed}")
+    return variants, failed
 
 
 def interleaved_latency_ms(
-    models: dict[str, Path], frame: np.ndarray, runs: int, threads: int
+    models: dict[str, Path], frame: np.ndarray | dict[str, np.ndarray], runs: int, threads: int
 ) -> dict[str, float]:
-    """Median single-frame latency of each model, timed round-robin in one run."""
+    """Median single-frame latency of each model, timed round-robin in one run.
+
+    `frame` [3, S, S] is fed to every model, or give one per model name when sizes differ.
+    """
     sessions = {name: ort_session(path, threads) for name, path in models.items()}
-    feed = {INPUT_NAME: frame[None]}
-    for session in sessions.values():
+    feeds = {
+        name: {INPUT_NAME: (frame[name] if isinstance(frame, dict) else frame)[None]}
+        for name in models
+    }
+    for name, session in sessions.items():
         for _ in range(3):  # warm-up: first runs allocate and pick kernels
-            session.run([OUTPUT_NAME], feed)
+            session.run([OUTPUT_NAME], feeds[name])
     samples: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(runs):
         for name, session in sessions.items():
             start = time.perf_counter()
-            session.run([OUTPUT_NAME], feed)
+            session.run([OUTPUT_NAME], feeds[name])
             samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -151,7 +163,7 @@ def quantize(
 ) -> dict[str, Any]:
     """Build every mode, measure it, copy the selected one to `out`; returns the report."""
     with tempfile.TemporaryDirectory(prefix="retrofit-quantize-") as tmp:
-        variants = build_variants(fp32, Path(tmp), calibration, config)
+        variants, failed = build_variants(fp32, Path(tmp), calibration, config)
         latency = interleaved_latency_ms(
             {"fp32": fp32, **variants}, fidelity_inputs[0], config.latency_runs, config.threads
         )
@@ -173,6 +185,7 @@ def quantize(
                 }
             )
         selected, reason = _select(rows, config)
+        rows += failed
         shutil.copyfile(variants[selected["mode"]], out)
     return {
         "fp32_latency_ms": latency["fp32"],

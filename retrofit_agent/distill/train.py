@@ -33,13 +33,17 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 
 
-def lr_at(step: int, config: RunConfig) -> float:
+def cosine_lr(step: int, steps: int, warmup: int, lr: float, min_lr: float) -> float:
     """Linear warmup to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (lr - min_lr)
+
+
+def lr_at(step: int, config: RunConfig) -> float:
     t = config.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return t.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (t.lr - t.min_lr)
+    return cosine_lr(step, t.steps, t.warmup_steps, t.lr, t.min_lr)
 
 
 def student_spec(config: RunConfig, teacher: Teacher) -> dict[str, Any]:
