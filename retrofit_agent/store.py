@@ -52,6 +52,9 @@ EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
 FULL_RETRIES = 3  # evict-and-retry rounds before a batch that does not fit is dropped
 FULL_COOLDOWN_S = 5.0  # after a failed seq reservation, the next try waits this long
 FULL_LOG_INTERVAL_S = 60.0  # a full disk is logged at most this often (it may last hours)
+# SQLite's own page cache per connection (its default is 2 MiB): the queue appends and reads
+# rows once, so the OS page cache serves as well; 256 KiB keeps the agent's RSS down.
+CACHE_KIB = 256
 # The tables as sqlite-utils created them before (plain sqlite3 saves ~3 MiB of agent RSS).
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
@@ -97,6 +100,7 @@ class Store:
             self.db = sqlite3.connect(self.path, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._create_schema()
             self._rows = self._count()
             self._next_seq = self._reserved = int(self._meta("seq_reserved", 1))
