@@ -9,7 +9,7 @@ ViT-B/32 image tower (random weights: speed does not depend on them) in the same
 ablation of the three losses on one student.
 
     retrofit-distill teacher --synthetic --out WORK/teacher --steps 1000 --batch-size 96
-    retrofit-distill synthetic --out WORK/data --images 3000 --per-class 30
+    retrofit-distill synthetic --out WORK/data --images 20000 --per-class 30
     python bench/fidelity.py --work WORK --out bench/results
 """
 
@@ -37,17 +37,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 REPO = Path(__file__).resolve().parent.parent
-STUDENTS = ("efficientnet_b3", "mobilenetv3_large_100", "efficientnet_lite0")
+# student -> distillation steps (batch 64) that fit a shared 2-core CPU session: EfficientNet-B3
+# trains at ~105 images/s here against MobileNetV3-L's ~370, so it gets fewer steps (the
+# report says so); it runs last.
+STUDENTS = {"mobilenetv3_large_100": 2500, "efficientnet_lite0": 600, "efficientnet_b3": 150}
 ABLATION_STUDENT = "mobilenetv3_large_100"
-ABLATIONS = {  # (feature, contrastive, crossmodal)
+ABLATION_STEPS = 300  # every ablation run, its all-losses reference included
+FULL = (1.0, 0.5, 1.0)  # (feature, contrastive, crossmodal) weights
+ABLATIONS = {
+    "all three": FULL,
     "feature only": (1.0, 0.0, 0.0),
     "contrastive only": (0.0, 1.0, 0.0),
     "cross-modal only": (0.0, 0.0, 1.0),
 }
-FULL = (1.0, 0.5, 1.0)
 
 
-def run_config(args: argparse.Namespace, name: str, backbone: str, losses) -> RunConfig:
+def run_config(args: argparse.Namespace, name: str, backbone: str, losses, steps: int) -> RunConfig:
     teacher = args.work / "teacher"
     feature, contrastive, crossmodal = losses
     return RunConfig.model_validate(
@@ -66,18 +71,18 @@ def run_config(args: argparse.Namespace, name: str, backbone: str, losses) -> Ru
             },
             "losses": {"feature": feature, "contrastive": contrastive, "crossmodal": crossmodal},
             "train": {
-                "steps": args.steps,
+                "steps": steps,
                 "batch_size": 64,
                 "lr": 2e-3,
-                "warmup_steps": 30,
-                "checkpoint_every": args.steps,
+                "warmup_steps": 50,
+                "checkpoint_every": steps,
                 "log_every": 25,
             },
             "labels": {"label_set": REPO / "models" / "labels" / "synthetic.toml"},
             "quantize": {
                 "calibration_frames": 64,
                 "fidelity_frames": 64,
-                "latency_runs": 40,
+                "latency_runs": 20,
                 "fallback": "best",
             },
             "eval": {
@@ -92,9 +97,12 @@ def run_config(args: argparse.Namespace, name: str, backbone: str, losses) -> Ru
     )
 
 
-def distil(args: argparse.Namespace, name: str, backbone: str, losses) -> dict[str, Any]:
-    config = run_config(args, name, backbone, losses)
-    run_all(config, force=True, say=lambda step: print(f"[{name}] {step}", flush=True))
+def distil(
+    args: argparse.Namespace, name: str, backbone: str, losses, steps: int
+) -> dict[str, Any]:
+    config = run_config(args, name, backbone, losses, steps)
+    if not config.bundle_dir.exists():  # a finished run is reused when the benchmark reruns
+        run_all(config, say=lambda step: print(f"[{name}] {step}", flush=True))
     held_out = json.loads((config.out_dir / "eval.json").read_text())
     quantized = json.loads((config.out_dir / "quantize.json").read_text())
     student, spec = trained_student(config)
@@ -112,6 +120,7 @@ def distil(args: argparse.Namespace, name: str, backbone: str, losses) -> dict[s
         "name": name,
         "backbone": backbone,
         "losses": dict(zip(("feature", "contrastive", "crossmodal"), losses, strict=True)),
+        "steps": steps,
         "params": sum(p.numel() for p in student.parameters()),
         "held_out_top1": held_out["top1"],
         "seen_top1": seen["top1"],
@@ -167,14 +176,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="teacher/ and data/ inside")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
 
     teacher_report = json.loads((args.work / "teacher" / "teacher.json").read_text())
-    students = [distil(args, b, b, FULL) for b in STUDENTS]
+    students = [distil(args, b, b, FULL, steps) for b, steps in list(STUDENTS.items())[:2]]
     ablation = [
-        distil(args, f"{ABLATION_STUDENT} {n}", ABLATION_STUDENT, w) for n, w in ABLATIONS.items()
+        distil(args, f"{ABLATION_STUDENT} {n}", ABLATION_STUDENT, w, ABLATION_STEPS)
+        for n, w in ABLATIONS.items()
     ]
+    students += [distil(args, b, b, FULL, steps) for b, steps in list(STUDENTS.items())[2:]]
     latency = clip_vs_students(students, args.work, runs=30)
     write_results(args.out, teacher_report, students, ablation, latency)
 
@@ -217,13 +227,13 @@ def write_results(out: Path, teacher, students, ablation, latency) -> None:
         )
     lines += [
         "",
-        f"Loss ablation on {ABLATION_STUDENT} (held-out top-1, FP32):",
+        f"Loss ablation on {ABLATION_STUDENT}, {ABLATION_STEPS} steps each (held-out top-1, FP32):",
         "",
         "| losses | held-out FP32 | retention |",
         "|---|---|---|",
     ]
-    for r in [s for s in students if s["backbone"] == ABLATION_STUDENT] + ablation:
-        label = "all three (1, 0.5, 1)" if r in students else r["name"].split(" ", 1)[1]
+    for r in ablation:
+        label = r["name"].split(" ", 1)[1]
         lines.append(
             f"| {label} | {pct(r['held_out_top1']['student_fp32'])} | "
             f"{pct(r['retention']['student_fp32'])} |"
@@ -266,11 +276,10 @@ def plot(path: Path, students, ablation, teacher_top1: float) -> None:
     left.set_ylabel("held-out zero-shot top-1")
     left.set_title("students (all three losses)")
     left.legend(fontsize=8)
-    full = next(s for s in students if s["backbone"] == ABLATION_STUDENT)
-    rows = [("all", full)] + [(r["name"].split(" ", 1)[1], r) for r in ablation]
+    rows = [(r["name"].split(" ", 1)[1], r) for r in ablation]
     right.bar([n for n, _ in rows], [r["held_out_top1"]["student_fp32"] for _, r in rows])
     right.axhline(teacher_top1, color="black", linestyle="--")
-    right.set_title(f"loss ablation ({ABLATION_STUDENT}, FP32)")
+    right.set_title(f"loss ablation ({ABLATION_STUDENT}, {ABLATION_STEPS} steps, FP32)")
     right.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

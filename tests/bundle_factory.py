@@ -1,4 +1,4 @@
-"""Small but real model bundles (contract 1) built without torch, for tests and the demo bundle.
+"""Small but real model bundles (contract 1) built without torch, for tests and measurements.
 
 The student is a random-weight conv net written with onnx.helper (conv/relu stages, global
 average pool, linear projection, L2 normalisation), quantized to INT8 (U8S8 QDQ) by
@@ -170,7 +170,7 @@ def build_bundle(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path)
-    parser.add_argument("--name", default="random-demo")
+    parser.add_argument("--name", default="random-test")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])

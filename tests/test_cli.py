@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from test_bundle import rewrite_manifest
 
+from retrofit_agent.bundle import load_bundle
+from retrofit_agent.config import DEFAULT_MODEL
 from retrofit_agent.labels import save_label_bank
 
 AGENT = [sys.executable, "-m", "retrofit_agent"]
@@ -68,7 +70,21 @@ def test_dry_run_text_summary_with_the_default_bundle(synthetic_video):
     result = agent("--dry-run", synthetic_video, "--max-frames", 5, "--no-publish", check_ok=True)
     assert "frames   5 processed" in result.stdout
     assert "p50 ms" in result.stdout and "inference" in result.stdout
-    assert "random weights" in result.stderr  # the demo bundle says what it is
+    assert f"model    {load_bundle(DEFAULT_MODEL).manifest.name} " in result.stdout
+
+
+def test_a_random_weight_bundle_is_flagged(tiny_bundle, synthetic_video):
+    result = agent(
+        "--dry-run",
+        synthetic_video,
+        "--model",
+        tiny_bundle,
+        "--max-frames",
+        2,
+        "--no-publish",
+        check_ok=True,
+    )
+    assert "random weights, its labels are meaningless" in result.stderr
 
 
 @pytest.mark.device
