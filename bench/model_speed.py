@@ -251,10 +251,11 @@ def build_models(args: argparse.Namespace) -> list[Model]:
     dim = bundle.manifest.embedding_dim
     frames = calibration_frames(args.video, args.calibration_frames)
     for backbone in args.students:
-        fp32 = exported(work / backbone, lambda b=backbone: student_module(b, dim))
-        variants = quantized(fp32, work / backbone, args.modes, frames)
+        cache = work / f"{backbone}-{dim}d"  # the head's width follows the bundle's labels
+        fp32 = exported(cache, lambda b=backbone: student_module(b, dim))
+        variants = quantized(fp32, cache, args.modes, frames)
         models += family_models(backbone, fp32, variants)
-        write_student_bundle(work / "bundles" / backbone, backbone, fp32, variants, bundle)
+        write_student_bundle(work / "bundles" / cache.name, backbone, fp32, variants, bundle)
     fp32 = exported(work / CLIP, clip_module)
     return models + family_models(CLIP, fp32, quantized(fp32, work / CLIP, args.modes, frames))
 
