@@ -21,12 +21,15 @@ EXPECTED_MACHINE = os.environ.get("RETROFIT_EXPECT_MACHINE")
 ARM64_PYTHON = os.environ.get("RETROFIT_ARM64_PYTHON")
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "default"
 # (max |diff|, min cosine) of L2-normalised embeddings, aarch64 vs this machine. Given the same
-# input tensor, onnxruntime's kernels (NEON vs AVX) differ by summation order in FP32 and agree
-# exactly in INT8 (measured; the bound allows a rare requantization rounding step). From the
-# same frames, aarch64's OpenCV resizes through its own kernels (KleidiCV, carotene) and lands
-# one intensity level off on ~2% of the input values: that is most of the end-to-end difference.
-SAME_INPUTS = {"fp32": (1e-5, 0.99999), "int8": (1e-3, 0.9999)}
-END_TO_END = {"fp32": (1e-3, 0.9999), "int8": (1e-2, 0.999)}
+# input tensor, onnxruntime's kernels (NEON vs AVX) differ by summation order in FP32. In INT8
+# the tiny conv net agrees exactly, but the default MobileNetV3 bundle (QOperator U8S8:
+# hard-swish, squeeze-excite, QLinearAdd/Mul) does not: requantization rounding differs between
+# the x86 and ARM kernels and compounds over 60 layers (measured: max |diff| 4.8e-3, min cosine
+# 0.99987 from the same inputs). From the same frames, aarch64's OpenCV resizes through its own
+# kernels (KleidiCV, carotene) and lands one intensity level off on ~2% of the input values,
+# which the INT8 network amplifies (measured: 1.7e-2, 0.9979).
+SAME_INPUTS = {"fp32": (1e-5, 0.99999), "int8": (1e-2, 0.9995)}
+END_TO_END = {"fp32": (1e-3, 0.9999), "int8": (3e-2, 0.995)}
 
 
 @pytest.mark.device
