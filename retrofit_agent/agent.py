@@ -66,22 +66,26 @@ class Pipeline:
         self.preprocess = preprocess
         self.model_ref = ModelRef(name=manifest.name, manifest_sha256=bundle.manifest_sha256)
 
-    def embed(self, image: np.ndarray, timings: dict[str, float]) -> np.ndarray:
-        """The frame's L2-normalised embedding [D]; stage times (ms) are added to `timings`."""
+    def embed(self, frame: Frame, timings: dict[str, float]) -> np.ndarray:
+        """The frame's L2-normalised embedding [D]; stage times (ms) are added to `timings`.
+
+        A frame whose input was prepared on the reader thread (open_source's `prepare`, given
+        `self.preprocess.prepare`) is not preprocessed again.
+        """
         t0 = time.perf_counter()
-        batch = self.preprocess(image)
+        batch = self.preprocess(frame.image) if frame.input is None else frame.input
         t1 = time.perf_counter()
         embedding = self.embedder(batch)[0]
         embedding /= np.linalg.norm(embedding)
         t2 = time.perf_counter()
-        timings["preprocess"] = (t1 - t0) * 1e3
+        timings["preprocess"] = (t1 - t0) * 1e3 if frame.input is None else frame.prepare_ms
         timings["inference"] = (t2 - t1) * 1e3
         return embedding
 
     def observe(
         self, frame: Frame, source: str, seq: int, timings: dict[str, float]
     ) -> Observation:
-        embedding = self.embed(frame.image, timings)
+        embedding = self.embed(frame, timings)
         t0 = time.perf_counter()
         scored = self.bank.score(embedding, self.bundle.manifest.logit_scale)
         observation = Observation(

@@ -29,18 +29,29 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-PREFETCH = 4  # decoded frames queued ahead of inference when every frame is wanted
+PREFETCH = 1  # frames decoded ahead of inference when every frame is wanted
 # A container's frame count can be an estimate; fewer frames than this share of it is truncation.
 TRUNCATION_SHARE = 0.98
 
 
+# Turns a decoded image into the model's input, writing into `spare` (an input the consumer is
+# done with) when given: run on the reader thread, so the inference thread only infers.
+Prepare = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
 @dataclass(frozen=True)
 class Frame:
-    """A decoded BGR frame, its position in the source and when it was read."""
+    """A decoded BGR frame, its position in the source and when it was read.
+
+    With a `prepare`, `input` is the model's input made on the reader thread, which took
+    `prepare_ms`; it is recycled together with `image`.
+    """
 
     image: np.ndarray
     index: int
     captured_utc: datetime
+    input: np.ndarray | None = None
+    prepare_ms: float = 0.0
 
 
 class FrameReader:
@@ -48,25 +59,36 @@ class FrameReader:
 
     `keep_all` delivers every frame in order through a queue of `capacity`, blocking the reader
     when full; otherwise only the newest frame is kept and overwritten ones are counted in
-    `dropped`. `interval_s` paces reads (a file played at its native rate). `release` runs on
-    the reader thread once it stops reading, so a capture is never released under a read that
-    is still blocked in the driver (a stalled camera), whatever close()'s timeout.
+    `dropped`. `interval_s` paces reads (a file played at its native rate). `prepare` makes
+    each frame's model input on this thread (also for frames that are dropped later).
+    `release` runs on the reader thread once it stops reading, so a capture is never released
+    under a read that is still blocked in the driver (a stalled camera), whatever close()'s
+    timeout.
+
+    Frames are recycled: `read` gets a spare image (one the consumer is done with, or None) to
+    decode into and `prepare` a spare input, so a steady stream allocates no frame memory. The
+    consumer is done with a frame when it asks for the next one; one overwritten unread is
+    spare at once.
     """
 
     def __init__(
         self,
-        read: Callable[[], np.ndarray | None],
+        read: Callable[[np.ndarray | None], np.ndarray | None],
         keep_all: bool,
         capacity: int = PREFETCH,
         interval_s: float = 0.0,
+        prepare: Prepare | None = None,
         release: Callable[[], object] | None = None,
     ) -> None:
         self._read = read
+        self._prepare = prepare
         self._release = release
         self._keep_all = keep_all
         self._capacity = capacity if keep_all else 1
         self._interval_s = interval_s
         self._frames: deque[Frame] = deque()
+        self._handed: Frame | None = None  # the consumer's current frame
+        self._spares: list[Frame] = []
         self._cond = threading.Condition()
         self._stopping = False
         self._finished = False
@@ -83,17 +105,21 @@ class FrameReader:
                 if self._interval_s:
                     time.sleep(max(0.0, due - time.monotonic()))
                     due += self._interval_s
-                image = self._read()
-                if image is None:
-                    break
-                frame = Frame(image, self.read_count, datetime.now(UTC))
                 with self._cond:
-                    if self._keep_all:
+                    if self._keep_all:  # read only into a free place: no frame waits here
                         self._cond.wait_for(
                             lambda: len(self._frames) < self._capacity or self._stopping
                         )
-                    elif self._frames:
-                        self._frames.popleft()
+                        if self._stopping:
+                            break
+                    spare = self._spares.pop() if self._spares else None
+                image = self._read(spare.image if spare else None)
+                if image is None:
+                    break
+                frame = self._frame(image, spare)
+                with self._cond:
+                    if not self._keep_all and self._frames:
+                        self._spares.append(self._frames.popleft())
                         self.dropped += 1
                     self._frames.append(frame)
                     self.read_count += 1
@@ -107,15 +133,26 @@ class FrameReader:
                 self._finished = True
                 self._cond.notify_all()
 
+    def _frame(self, image: np.ndarray, spare: Frame | None) -> Frame:
+        captured = datetime.now(UTC)
+        if self._prepare is None:
+            return Frame(image, self.read_count, captured)
+        start = time.perf_counter()
+        prepared = self._prepare(image, spare.input if spare else None)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        return Frame(image, self.read_count, captured, prepared, elapsed_ms)
+
     def get(self, timeout: float | None = None) -> Frame | None:
         """The next frame, or None once the source has ended; TimeoutError if none came."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._frames or self._finished, timeout):
                 raise TimeoutError
-            if self._frames:
-                frame = self._frames.popleft()
+            if self._handed is not None:
+                self._spares.append(self._handed)
+            self._handed = self._frames.popleft() if self._frames else None
+            if self._handed is not None:
                 self._cond.notify_all()
-                return frame
+                return self._handed
             if self._error is not None:
                 raise self._error
             return None
@@ -166,9 +203,15 @@ class VideoFileSource(FrameSource):
     in for a live camera (bench tests of the service, soak runs).
     """
 
-    def __init__(self, path: Path, realtime: bool = False, loop: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        realtime: bool = False,
+        loop: bool = False,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.name = str(path)
-        self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
         if not ok:
             self._capture.release()
@@ -178,17 +221,17 @@ class VideoFileSource(FrameSource):
         self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         pending = [first]
 
-        def read() -> np.ndarray | None:
+        def read(spare: np.ndarray | None) -> np.ndarray | None:
             if pending:
                 return pending.pop()
-            ok, image = self._capture.read()
+            ok, image = self._capture.read(spare)
             if not ok and loop and self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                ok, image = self._capture.read()
+                ok, image = self._capture.read(spare)
             return image if ok else None
 
         interval = 1.0 / self.fps if realtime and self.fps > 0 else 0.0
         self._reader = FrameReader(
-            read, keep_all=not realtime, interval_s=interval, release=self._capture.release
+            read, not realtime, interval_s=interval, prepare=prepare, release=self._capture.release
         )
 
     def _finish(self) -> None:
@@ -203,7 +246,7 @@ class VideoFileSource(FrameSource):
 class ImageFolderSource(FrameSource):
     """Every image in a folder, in name order; an unreadable image is an error naming it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, prepare: Prepare | None = None) -> None:
         self.name = str(path)
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -211,7 +254,7 @@ class ImageFolderSource(FrameSource):
         self.total = len(files)
         pending = deque(files)
 
-        def read() -> np.ndarray | None:
+        def read(_spare: np.ndarray | None) -> np.ndarray | None:
             if not pending:
                 return None
             file = pending.popleft()
@@ -220,7 +263,7 @@ class ImageFolderSource(FrameSource):
                 raise SourceError(f"{file}: not a readable image")
             return image
 
-        self._reader = FrameReader(read, keep_all=True)
+        self._reader = FrameReader(read, keep_all=True, prepare=prepare)
 
 
 class CameraSource(FrameSource):
@@ -229,15 +272,21 @@ class CameraSource(FrameSource):
     `capture` is an opened cv2.VideoCapture (or anything with its read/release methods).
     """
 
-    def __init__(self, capture: cv2.VideoCapture, name: str, stall_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        capture: cv2.VideoCapture,
+        name: str,
+        stall_timeout_s: float = 5.0,
+        prepare: Prepare | None = None,
+    ) -> None:
         self.name = name
         self.stall_timeout_s = stall_timeout_s
 
-        def read() -> np.ndarray | None:
-            ok, image = capture.read()
+        def read(spare: np.ndarray | None) -> np.ndarray | None:
+            ok, image = capture.read(spare)
             return image if ok else None
 
-        self._reader = FrameReader(read, keep_all=False, release=capture.release)
+        self._reader = FrameReader(read, keep_all=False, prepare=prepare, release=capture.release)
 
     def _next(self) -> Frame | None:
         try:
@@ -255,6 +304,7 @@ def open_camera(
     height: int | None = None,
     fps: float | None = None,
     stall_timeout_s: float = 5.0,
+    prepare: Prepare | None = None,
 ) -> CameraSource:
     """Open a V4L2 device (`/dev/videoN` or an index) and request a resolution and rate."""
     capture = cv2.VideoCapture(device, cv2.CAP_V4L2)
@@ -267,7 +317,7 @@ def open_camera(
     ):
         if value:
             capture.set(prop, value)
-    return CameraSource(capture, str(device), stall_timeout_s)
+    return CameraSource(capture, str(device), stall_timeout_s, prepare)
 
 
 def open_source(
@@ -278,14 +328,18 @@ def open_source(
     fps: float | None = None,
     stall_timeout_s: float = 5.0,
     loop: bool = False,
+    prepare: Prepare | None = None,
 ) -> FrameSource:
-    """Pick the source type: a device index or /dev/video*, a folder, else a video file."""
+    """Pick the source type: a device index or /dev/video*, a folder, else a video file.
+
+    `prepare` (e.g. Preprocessor.prepare) makes each frame's model input on the reader thread.
+    """
     if isinstance(source, int) or str(source).isdigit() or str(source).startswith("/dev/video"):
         device = int(source) if str(source).isdigit() else str(source)
-        return open_camera(device, width, height, fps, stall_timeout_s)
+        return open_camera(device, width, height, fps, stall_timeout_s, prepare)
     path = Path(source)
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
-        return ImageFolderSource(path)
-    return VideoFileSource(path, realtime=realtime, loop=loop)
+        return ImageFolderSource(path, prepare)
+    return VideoFileSource(path, realtime, loop, prepare)

@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrofit_agent import __version__, service
+from retrofit_agent import __version__
 from retrofit_agent.agent import Pipeline, RunStats, run
 from retrofit_agent.capture import open_source
 from retrofit_agent.config import load_config
 from retrofit_agent.errors import RetrofitError
 from retrofit_agent.publish import Publisher
 from retrofit_agent.store import Store, open_store
-from retrofit_agent.upload import Uploader
 
 INTERRUPTED = 130
 
@@ -68,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="agent config")
     serve = commands.add_parser("run", help="the service on a live camera (systemd runs this)")
     serve.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
+    bench = commands.add_parser("bench", help="bare model and pipeline FPS, stages, peak RSS")
+    bench.add_argument("--video", type=Path, help="default: ../shared's solidWhiteRight.mp4")
+    bench.add_argument("--rounds", type=int, default=3, help="model/pipeline rounds (3)")
+    bench.add_argument("--runs", type=int, default=100, help="bare model runs per round (100)")
+    for option, kind in (("--model", Path), ("--config", Path)):
+        bench.add_argument(option, type=kind, default=argparse.SUPPRESS)
+    bench.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dry-run cannot be combined with a command")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error("--max-frames must be at least 1")
+    if args.command == "bench" and min(args.rounds, args.runs) < 1:
+        parser.error("--rounds and --runs must be at least 1")
     try:
         if args.dry_run:
             return dry_run(args)
@@ -86,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "upload":
             return upload_command(args)
         if args.command == "run":
+            from retrofit_agent import service  # the dry run does without its imports
+
             return service.main(args.config)
+        if args.command == "bench":
+            return bench_command(args)
     except RetrofitError as exc:
         print(f"retrofit-agent: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -114,7 +126,8 @@ def dry_run(args: argparse.Namespace) -> int:
                 "its labels are meaningless (see models/README.md)",
                 file=sys.stderr,
             )
-        source = stack.enter_context(open_source(args.dry_run, realtime=args.realtime))
+        prepare = pipeline.preprocess.prepare  # on the reader thread: inference only infers
+        source = stack.enter_context(open_source(args.dry_run, args.realtime, prepare=prepare))
         publisher = None
         if config.publish.enabled:
             publisher = Publisher(config.publish.endpoint, config.publish.send_hwm)
@@ -156,6 +169,8 @@ def queue_command(args: argparse.Namespace) -> int:
 
 def upload_command(args: argparse.Namespace) -> int:
     """Drain the queue to `upload.endpoint`; print what was done as JSON."""
+    from retrofit_agent.upload import Uploader  # here: ssl and http.client cost ~3 MiB RSS
+
     config = load_config(args.config, overrides={"store.path": args.upload_db})
     logging.basicConfig(level=logging.WARNING, format="retrofit-agent: warning: %(message)s")
     s = config.store
@@ -172,6 +187,16 @@ def upload_command(args: argparse.Namespace) -> int:
     states = {k: queue[k] for k in ("pending", "uploaded", "quarantined")}
     print(json.dumps({**stats.as_dict(), "queue": states}, indent=2))
     return INTERRUPTED if stats.stopped == "interrupted" else 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Measure the bundle on this device (retrofit_agent.bench); print the report."""
+    from retrofit_agent import bench  # only this command needs it
+
+    config = load_config(args.config, overrides={"model": args.model})
+    report = bench.bench(config, args.video or bench.default_video(), args.rounds, args.runs)
+    print(json.dumps(report, indent=2) if args.json else bench.format_report(report))
+    return 0
 
 
 class Progress:

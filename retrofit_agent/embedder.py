@@ -13,6 +13,17 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 
 
+def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1) -> ort.SessionOptions:
+    """The agent's session settings; the offline benchmarks time models with these too."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: warnings would flood journald
+    return options
+
+
 class Embedder:
     """An onnxruntime session whose input and output shapes are checked against the manifest."""
 
@@ -24,12 +35,7 @@ class Embedder:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
     ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: warnings would flood journald
+        options = session_options(intra_op_threads, inter_op_threads)
         try:
             self.session = ort.InferenceSession(
                 str(model_path), options, providers=["CPUExecutionProvider"]

@@ -33,7 +33,8 @@ def crop_offsets(height: int, width: int, size: int) -> tuple[int, int]:
 class Preprocessor:
     """Turns BGR uint8 frames [H, W, 3] into the student's input [1, 3, size, size].
 
-    The returned array is owned by the preprocessor and overwritten by the next call.
+    The returned array is owned by the preprocessor and overwritten by the next call (except
+    with `prepare`). Not thread-safe: one thread at a time.
     """
 
     def __init__(
@@ -51,11 +52,15 @@ class Preprocessor:
         self.interpolation = INTERPOLATIONS[interpolation]
         mean_bgr = np.asarray(mean, dtype=np.float32)[::-1]
         std_bgr = np.asarray(std, dtype=np.float32)[::-1]
-        # (x / 255 - mean) / std == x * scale - offset, computed per BGR channel
-        self._scale = (1.0 / (255.0 * std_bgr)).astype(np.float32)
-        self._offset = (mean_bgr / std_bgr).astype(np.float32)
-        self._hwc = np.empty((size, size, 3), dtype=np.float32)
-        self.output = np.empty((1, 3, size, size), dtype=np.float32)
+        # (x / 255 - mean) / std == x * scale - offset, computed per BGR channel; as a table of
+        # the 256 values per channel, so a frame costs one lookup per pixel and channel, written
+        # straight into its RGB plane of the output (no float HWC intermediate, no transpose)
+        scale = (1.0 / (255.0 * std_bgr)).astype(np.float32)
+        offset = (mean_bgr / std_bgr).astype(np.float32)
+        levels = np.arange(256, dtype=np.float32)
+        self._tables = [(levels * scale[c] - offset[c]).reshape(256, 1) for c in range(3)]
+        self._plane = np.empty((size, size), dtype=np.uint8)
+        self._output: np.ndarray | None = None  # made on first use: `prepare` brings its own
         self._planned_for: tuple[int, int] | None = None
 
     def _plan(self, height: int, width: int) -> None:
@@ -84,9 +89,23 @@ class Preprocessor:
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return self.normalize(self.crop(frame))
 
-    def normalize(self, crop: np.ndarray) -> np.ndarray:
+    def prepare(self, frame: np.ndarray, spare: np.ndarray | None = None) -> np.ndarray:
+        """The input of `frame` in `spare` (or a new array) instead of the shared `output`.
+
+        For inputs made ahead on a reader thread (capture's `prepare`): several are in flight.
+        """
+        out = spare if spare is not None else self._new_output()
+        return self.normalize(self.crop(frame), out)
+
+    def normalize(self, crop: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The photometric half: a BGR uint8 crop [size, size, 3] to [1, 3, size, size]."""
-        np.multiply(crop, self._scale, out=self._hwc)
-        np.subtract(self._hwc, self._offset, out=self._hwc)
-        np.copyto(self.output[0], self._hwc.transpose(2, 0, 1)[::-1])
-        return self.output
+        if out is None:
+            self._output = self._new_output() if self._output is None else self._output
+            out = self._output
+        for bgr, table in enumerate(self._tables):
+            cv2.extractChannel(crop, bgr, self._plane)
+            cv2.LUT(self._plane, table, out[0, 2 - bgr])
+        return out
+
+    def _new_output(self) -> np.ndarray:
+        return np.empty((1, 3, self.size, self.size), dtype=np.float32)

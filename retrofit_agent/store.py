@@ -1,4 +1,4 @@
-"""The local observation queue: SQLite in WAL mode through sqlite-utils.
+"""The local observation queue: SQLite in WAL mode, through the standard library's sqlite3.
 
 - Rows are buffered and committed in batches (`commit_every` rows or `commit_interval_s`),
   so an SD card sees one fsync per batch, not one per frame. A committed row is acknowledged:
@@ -36,8 +36,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from retrofit_agent.config import StoreConfig
 from retrofit_agent.errors import StoreError, StoreFull
 from retrofit_agent.logs import kv
@@ -54,6 +52,21 @@ EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
 FULL_RETRIES = 3  # evict-and-retry rounds before a batch that does not fit is dropped
 FULL_COOLDOWN_S = 5.0  # after a failed seq reservation, the next try waits this long
 FULL_LOG_INTERVAL_S = 60.0  # a full disk is logged at most this often (it may last hours)
+# SQLite's own page cache per connection (its default is 2 MiB): the queue appends and reads
+# rows once, so the OS page cache serves as well; 256 KiB keeps the agent's RSS down.
+CACHE_KIB = 256
+# The tables as sqlite-utils created them before (plain sqlite3 saves ~3 MiB of agent RSS).
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS observations (seq INTEGER PRIMARY KEY, "
+    "device_id TEXT NOT NULL, captured_utc TEXT NOT NULL, state TEXT NOT NULL, "
+    "header TEXT NOT NULL, embedding BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS idx_observations_state_seq ON observations (state, seq)",
+)
+INSERT = (
+    "INSERT INTO observations (seq, device_id, captured_utc, state, header, embedding) "
+    "VALUES (:seq, :device_id, :captured_utc, :state, :header, :embedding)"
+)
 
 
 class Store:
@@ -83,11 +96,13 @@ class Store:
         self._full_until = 0.0  # no seq reservation is tried before this (monotonic)
         self._full_logged_at = -FULL_LOG_INTERVAL_S
         try:
-            self.db = sqlite_utils.Database(self.path)
-            self.db.enable_wal()
+            # autocommit: transactions are explicit (_immediate), never opened behind our back
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._create_schema()
-            self._rows = self.db["observations"].count
+            self._rows = self._count()
             self._next_seq = self._reserved = int(self._meta("seq_reserved", 1))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open observation database: {exc}") from None
@@ -105,7 +120,7 @@ class Store:
             yield
             self.db.execute("COMMIT")
         except BaseException:  # the work or the COMMIT itself (SQLITE_FULL) failed
-            if self.db.conn.in_transaction:
+            if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise
 
@@ -116,9 +131,13 @@ class Store:
             raise StoreError(f"{path}: no such observation database")
         return cls(path, **bounds)
 
+    def _count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM observations").fetchone()[0]
+
     def _create_schema(self) -> None:
         with self._immediate():
-            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            for statement in SCHEMA:
+                self.db.execute(statement)
             version = int(self._meta("schema_version", SCHEMA_VERSION))
             if version != SCHEMA_VERSION:
                 raise StoreError(
@@ -126,28 +145,17 @@ class Store:
                 )
             if self._meta("schema_version", "") == "":  # a new database: no write otherwise
                 self._set_meta("schema_version", SCHEMA_VERSION)
-            observations = self.db["observations"]
-            observations.create(
-                {
-                    "seq": int,
-                    "device_id": str,
-                    "captured_utc": str,
-                    "state": str,
-                    "header": str,
-                    "embedding": bytes,
-                },
-                pk="seq",
-                not_null={"device_id", "captured_utc", "state", "header", "embedding"},
-                if_not_exists=True,
-            )
-            observations.create_index(["state", "seq"], if_not_exists=True)
 
     def _meta(self, key: str, default: Any) -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else str(default)
 
     def _set_meta(self, key: str, value: Any) -> None:
-        self.db["meta"].upsert({"key": key, "value": str(value)}, pk="key")
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, str(value)],
+        )
 
     def allocate_seq(self) -> int:
         """The next sequence number; reserves a new block (one small commit) when needed.
@@ -204,7 +212,7 @@ class Store:
 
     def _insert_pending(self) -> None:
         limit = self._byte_limit()
-        self.db["observations"].insert_all(self._pending)
+        self.db.executemany(INSERT, self._pending)
         self._rows += len(self._pending)
         self._evict(limit)
 
@@ -233,7 +241,7 @@ class Store:
             with self._immediate():
                 work()
         except sqlite3.DatabaseError as exc:  # rolled back: so are the counts
-            self._rows, self.evicted = self.db["observations"].count, evicted
+            self._rows, self.evicted = self._count(), evicted
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                 raise StoreError(f"{self.path}: cannot {what}: {exc}") from None
             return False
@@ -277,7 +285,7 @@ class Store:
         if len(seqs) < count:
             rest = self.db.execute(query.format("!="), [UPLOADED, count - len(seqs)])
             seqs += [r[0] for r in rest]
-        self.db.conn.executemany("DELETE FROM observations WHERE seq = ?", [(s,) for s in seqs])
+        self.db.executemany("DELETE FROM observations WHERE seq = ?", [(s,) for s in seqs])
         self._rows -= len(seqs)
         self.evicted += len(seqs)
 
@@ -329,7 +337,7 @@ class Store:
         """Move pending rows to `state` in one transaction (rows evicted meanwhile are skipped)."""
         try:
             with self._immediate():
-                self.db.conn.executemany(
+                self.db.executemany(
                     "UPDATE observations SET state = ? WHERE seq = ? AND state = ?",
                     [(state, seq, PENDING) for seq in seqs],
                 )
@@ -353,7 +361,7 @@ class Store:
         """Return freed pages to the filesystem and truncate the WAL."""
         self.flush()
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self.db.vacuum()
+        self.db.execute("VACUUM")
 
     def close(self) -> None:
         self.flush()

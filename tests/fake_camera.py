@@ -46,7 +46,7 @@ class FakeCapture:
     def set(self, prop: int, value: float) -> bool:
         return True
 
-    def read(self) -> tuple[bool, np.ndarray | None]:
+    def read(self, image: np.ndarray | None = None) -> tuple[bool, np.ndarray | None]:
         deadline = time.monotonic() + STALL_LIMIT_S
         while (self.cues / "stall").exists() and not self.released and time.monotonic() < deadline:
             time.sleep(0.02)

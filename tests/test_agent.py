@@ -79,6 +79,21 @@ def test_embedding_matches_a_direct_computation(tiny_bundle, synthetic_video, tm
     store.close()
 
 
+def test_inputs_prepared_on_the_reader_thread_give_the_same_observations(
+    tiny_bundle, synthetic_video, tmp_path
+):
+    pipeline = Pipeline(load_config(None, environ={}, overrides={"model": tiny_bundle}))
+    stored = {}
+    for prepare in (None, pipeline.preprocess.prepare):
+        store = Store(tmp_path / f"{prepare is None}.db")
+        with open_source(synthetic_video, prepare=prepare) as source:
+            stats = run(pipeline, source, store)
+        stored[prepare is None] = [(o.labels, o.embedding) for o in store.observations()]
+        assert stats.frames == 40 and stats.summary()["latency_ms"]["preprocess"]["p50"] > 0
+        store.close()
+    assert stored[True] == stored[False]
+
+
 def test_latency_window_keeps_the_last_values_in_fixed_memory():
     window = Window(size=4)
     assert len(window) == 0 and window.values().size == 0

@@ -102,7 +102,7 @@ class FlakyCamera:
         self.good, self.hang, self.reads = good, hang, 0
         self.release_event = threading.Event()
 
-    def read(self):
+    def read(self, image=None):
         self.reads += 1
         if self.reads <= self.good:
             time.sleep(0.005)
@@ -136,7 +136,7 @@ def test_camera_that_stalls_raises_device_lost_not_a_hang():
 def test_reader_keeps_all_with_bounded_queue():
     produced = iter(range(100))
     reader = FrameReader(
-        lambda: np.full(1, v) if (v := next(produced, None)) is not None else None,
+        lambda _spare: np.full(1, v) if (v := next(produced, None)) is not None else None,
         keep_all=True,
         capacity=3,
     )
@@ -149,7 +149,7 @@ def test_reader_keeps_all_with_bounded_queue():
 
 
 def test_reader_passes_errors_to_the_consumer():
-    def read():
+    def read(_spare):
         raise SourceError("boom")
 
     reader = FrameReader(read, keep_all=True)
@@ -157,12 +157,74 @@ def test_reader_passes_errors_to_the_consumer():
         reader.get(timeout=1)
 
 
+def test_reader_recycles_images_the_consumer_is_done_with():
+    produced = iter(range(50))
+    fresh = []
+
+    def read(spare):
+        value = next(produced, None)
+        if value is None:
+            return None
+        if spare is None:
+            spare = np.empty(1, np.int64)
+            fresh.append(spare)
+        spare[0] = value
+        return spare
+
+    reader = FrameReader(read, keep_all=True, capacity=2)
+    values = []
+    while (frame := reader.get(timeout=1)) is not None:
+        held = int(frame.image[0])
+        time.sleep(0.002)  # the reader fills spares meanwhile: never the frame held here
+        assert int(frame.image[0]) == held
+        values.append(held)
+    assert values == list(range(50))
+    assert len(fresh) <= 4  # queue, the one being read, the one held: then only spares
+
+
+def test_reader_recycles_overwritten_frames_of_a_live_source():
+    fresh = []
+
+    def read(spare):
+        time.sleep(0.001)
+        if spare is None:
+            spare = np.zeros(1)
+            fresh.append(spare)
+        return spare
+
+    reader = FrameReader(read, keep_all=False)
+    time.sleep(0.2)
+    assert reader.dropped > 20 and len(fresh) <= 3
+    reader.close()
+
+
+def test_prepare_runs_on_the_reader_thread_into_recycled_inputs(synthetic_video):
+    threads, spares = set(), []
+
+    def prepare(image, spare):
+        threads.add(threading.current_thread().name)
+        spares.append(spare)
+        out = np.empty(1) if spare is None else spare
+        out[0] = image.mean()
+        return out
+
+    with open_source(synthetic_video, prepare=prepare) as source:
+        frames = [(f.index, float(f.input[0]), float(f.image.mean()), f.prepare_ms) for f in source]
+    assert [f[0] for f in frames] == list(range(40))
+    assert all(value == mean and ms > 0 for _, value, mean, ms in frames)
+    assert threads == {"frame-reader"}
+    assert sum(s is None for s in spares) <= 3  # then recycled
+
+
 def test_looped_file_starts_again_endlessly(synthetic_video):
     with open_source(synthetic_video, loop=True) as source:
         assert source.total is None  # endless, and never "truncated"
-        frames = [f for _, f in zip(range(100), source, strict=False)]
-    assert [f.index for f in frames] == list(range(100))
-    brightness = [float(f.image.mean()) for f in frames]
+        # images are recycled once the next frame is asked for: read them on the way
+        frames = [
+            (f.index, float(f.image.mean())) for _, f in zip(range(100), source, strict=False)
+        ]
+    assert [index for index, _ in frames] == list(range(100))
+    brightness = [mean for _, mean in frames]
     assert brightness[40] == brightness[0] and brightness[80] == brightness[0]
     assert brightness[39] > brightness[0] + 150
 
@@ -175,7 +237,7 @@ def test_a_stalled_camera_is_released_only_after_its_read_returns():
             self.reading, self.unblock, self.released = (threading.Event() for _ in range(3))
             self.released_while_reading = None
 
-        def read(self):
+        def read(self, image=None):
             self.reading.set()
             self.unblock.wait(10)
             self.reading.clear()

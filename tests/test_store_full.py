@@ -60,8 +60,7 @@ def test_full_disk_evicts_uploaded_then_oldest_and_keeps_storing(tmp_path, caplo
     store = Store(tmp_path / "q.db", commit_every=20)
     add(store, 2000)
     store.flush()
-    with store.db.atomic():
-        store.db.execute("UPDATE observations SET state = 'uploaded' WHERE seq % 10 = 0")
+    store.db.execute("UPDATE observations SET state = 'uploaded' WHERE seq % 10 = 0")
     full_at = page_count(store)
     store.db.execute(f"PRAGMA max_page_count = {full_at}")  # the disk is full from here on
 

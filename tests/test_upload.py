@@ -170,7 +170,6 @@ def test_rows_the_server_rejects_are_quarantined(queue, database, tmp_path):
     del header["source"]  # valid JSON, not a valid observation
     queue.db.execute("UPDATE observations SET header=? WHERE seq=7", [json.dumps(header)])
     queue.db.execute("UPDATE observations SET header='{broken' WHERE seq=8")
-    queue.db.conn.commit()
     with serving(FaultyServer(database)) as server:
         stats = uploader(server.url, tmp_path, queue).drain(once=True)
     assert held(server) == [s for s in range(1, ROWS + 1) if s not in (7, 8)]

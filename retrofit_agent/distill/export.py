@@ -15,11 +15,12 @@ import onnxruntime as ort
 import torch
 
 from retrofit_agent.distill.student import Student
-from retrofit_agent.embedder import INPUT_NAME, OUTPUT_NAME
+from retrofit_agent.embedder import INPUT_NAME, OUTPUT_NAME, session_options
 from retrofit_agent.errors import BundleError
 
 
-def export_onnx(student: Student, size: int, path: Path, opset: int = 17) -> None:
+def export_onnx(student: torch.nn.Module, size: int, path: Path, opset: int = 17) -> None:
+    """Any image tower [N,3,size,size] -> [N,D] (a Student; the benchmark's CLIP tower too)."""
     student = student.eval()
     dummy = torch.zeros(1, 3, size, size)
     torch.onnx.export(
@@ -35,10 +36,8 @@ def export_onnx(student: Student, size: int, path: Path, opset: int = 17) -> Non
 
 
 def ort_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    """A session set up as the agent's, so timings and outputs are the camera's."""
+    options = session_options(threads)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -96,6 +96,28 @@ def build_variant(
     )
 
 
+def build_variants(
+    fp32: Path, work: Path, calibration: np.ndarray, config: QuantizeConfig
+) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+    """Every mode of `config.modes` as `work/<mode>.onnx`, from one shape-inferred FP32 graph,
+    and the modes that failed (with the error); BundleError if all did."""
+    prepared = work / "prepared.onnx"
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+    except Exception:  # symbolic shape inference gives up on some graphs (ViT reshapes)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    variants, failed = {}, []
+    for mode in config.modes:
+        try:
+            build_variant(prepared, work / f"{mode}.onnx", mode, calibration, config)
+            variants[mode] = work / f"{mode}.onnx"
+        except Exception as exc:  # the quantizer fails on some graphs; other modes may not
+            failed.append({"mode": mode, "error": one_line(exc), "meets_bar": False})
+    if not variants:
+        raise BundleError(f"every quantization mode failed: {failed}")
+    return variants, failed
+
+
 def interleaved_latency_ms(
     models: dict[str, Path], frame: np.ndarray | dict[str, np.ndarray], runs: int, threads: int
 ) -> dict[str, float]:
@@ -141,18 +163,7 @@ def quantize(
 ) -> dict[str, Any]:
     """Build every mode, measure it, copy the selected one to `out`; returns the report."""
     with tempfile.TemporaryDirectory(prefix="retrofit-quantize-") as tmp:
-        work = Path(tmp)
-        prepared = work / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
-        variants, failed = {}, []
-        for mode in config.modes:
-            try:
-                build_variant(prepared, work / f"{mode}.onnx", mode, calibration, config)
-                variants[mode] = work / f"{mode}.onnx"
-            except Exception as exc:  # the quantizer fails on some graphs; other modes may not
-                failed.append({"mode": mode, "error": one_line(exc), "meets_bar": False})
-        if not variants:
-            raise BundleError(f"every quantization mode failed: {failed}")
+        variants, failed = build_variants(fp32, Path(tmp), calibration, config)
         latency = interleaved_latency_ms(
             {"fp32": fp32, **variants}, fidelity_inputs[0], config.latency_runs, config.threads
         )
