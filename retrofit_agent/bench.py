@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from retrofit_agent.agent import STAGES, Pipeline, run
+from retrofit_agent.agent import STAGES, Pipeline, quantiles, run
 from retrofit_agent.capture import open_source
 from retrofit_agent.config import DEFAULT_MODEL, AgentConfig
 from retrofit_agent.errors import SourceError
@@ -41,7 +41,8 @@ def default_video() -> Path:
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    return {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90))}
+    p50, p90 = quantiles(np.asarray(values), (0.5, 0.9))
+    return {"p50": float(p50), "p90": float(p90)}
 
 
 def peak_rss_mib() -> float:

@@ -24,10 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from retrofit_agent import __version__, logs
-from retrofit_agent.agent import Pipeline, RunStats, run
+from retrofit_agent.agent import Pipeline, RunStats, quantiles, run
 from retrofit_agent.backoff import Backoff
 from retrofit_agent.capture import FrameSource, open_source
 from retrofit_agent.config import AgentConfig, CaptureConfig, load_config
@@ -338,7 +336,7 @@ class Service:
         for stage, window in self.stats.latency_ms.items():
             if not window:
                 continue
-            values = np.quantile(window.values(), QUANTILES) / 1e3
+            values = quantiles(window.values(), QUANTILES) / 1e3
             labels = {"stage": stage}
             samples += [
                 ("", {**labels, "quantile": str(q)}, v)

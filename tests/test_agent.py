@@ -5,7 +5,7 @@ import pytest
 import zmq
 from test_publish import subscriber, wait_until_subscribed
 
-from retrofit_agent.agent import STAGES, Pipeline, Window, run
+from retrofit_agent.agent import STAGES, Pipeline, Window, quantiles, run
 from retrofit_agent.capture import open_source
 from retrofit_agent.config import load_config
 from retrofit_agent.observation import Observation
@@ -101,3 +101,10 @@ def test_latency_window_keeps_the_last_values_in_fixed_memory():
         window.append(value)
     assert len(window) == 4
     assert sorted(window.values()) == [6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 221])
+def test_quantiles_match_numpy(count):
+    values = np.random.default_rng(count).exponential(size=count)
+    qs = (0.5, 0.9, 0.99)
+    np.testing.assert_allclose(quantiles(values, qs), np.quantile(values, qs), rtol=1e-12)
