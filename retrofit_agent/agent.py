@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -65,6 +67,7 @@ class Pipeline:
         self.bank = bank
         self.preprocess = preprocess
         self.model_ref = ModelRef(name=manifest.name, manifest_sha256=bundle.manifest_sha256)
+        release_free_heap()
 
     def embed(self, frame: Frame, timings: dict[str, float]) -> np.ndarray:
         """The frame's L2-normalised embedding [D]; stage times (ms) are added to `timings`.
@@ -105,6 +108,17 @@ class Pipeline:
         )
         timings["scoring"] = (time.perf_counter() - t0) * 1e3
         return observation
+
+
+def release_free_heap() -> None:
+    """Return malloc's free pages to the OS (glibc's malloc_trim; elsewhere nothing happens).
+
+    Creating the onnxruntime session frees ~6 MiB of loading buffers (the parsed model, graph
+    rewrites) in the middle of the heap, where malloc keeps them resident: trimmed, the
+    agent's steady state is ~2 MiB smaller.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: no malloc_trim
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def quantiles(values: np.ndarray, qs: Sequence[float]) -> np.ndarray:
