@@ -8,6 +8,7 @@ from collections import Counter
 from conftest import REPO
 
 from retrofit_agent.bundle import load_bundle
+from retrofit_agent.distill.synthetic import HELD_OUT
 from retrofit_agent.store import Store
 
 DEFAULT = REPO / "models" / "default"
@@ -24,6 +25,8 @@ DEMO_SCRIPT = [
     "black_circle",
 ]
 FRAMES_PER_SCENE = 20
+# combinations that no training or distillation image showed
+HELD_OUT_SCENES = [s for s in DEMO_SCRIPT if tuple(s.split("_")) in HELD_OUT]
 
 
 def dry_run(video, *args):
@@ -71,8 +74,16 @@ def scene_winners(db, group: str) -> list[str]:
     ]
 
 
-def test_default_bundle_names_the_colours_of_the_demo_clip(tmp_path):
-    """Colours, held-out combinations included, are right; shapes are not yet (models/README)."""
+def test_default_bundle_labels_the_demo_clip(tmp_path):
+    """Every colour right; objects in at least 6 of 8 scenes, the held-out ones included.
+
+    Measured (models/README.md): all three held-out scenes right; the white cross is taken
+    for a star and the black circle for a black star.
+    """
     summary = dry_run(DEMO, "--db", tmp_path / "demo.db")
     assert summary["frames"] == len(DEMO_SCRIPT) * FRAMES_PER_SCENE
-    assert scene_winners(tmp_path / "demo.db", "colour") == [s.split("_")[0] for s in DEMO_SCRIPT]
+    db = tmp_path / "demo.db"
+    assert scene_winners(db, "colour") == [s.split("_")[0] for s in DEMO_SCRIPT]
+    objects = dict(zip(DEMO_SCRIPT, scene_winners(db, "object"), strict=True))
+    assert all(objects[scene] == scene for scene in HELD_OUT_SCENES), objects
+    assert sum(shown == labelled for shown, labelled in objects.items()) >= 6, objects

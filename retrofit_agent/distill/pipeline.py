@@ -29,7 +29,7 @@ from retrofit_agent.distill.evaluate import evaluate
 from retrofit_agent.distill.export import check_parity, export_onnx, write_report
 from retrofit_agent.distill.labelset import build_label_bank, load_label_set
 from retrofit_agent.distill.quantize import quantize
-from retrofit_agent.distill.student import parameter_count
+from retrofit_agent.distill.student import describe_head, parameter_count
 from retrofit_agent.distill.teacher import Teacher
 from retrofit_agent.distill.train import CHECKPOINT, build_student, load_checkpoint, train
 from retrofit_agent.errors import ConfigError
@@ -137,7 +137,8 @@ def write_bundle(config: RunConfig, force: bool = False) -> Path:
         name=config.bundle.name,
         teacher=spec["teacher"],
         student={
-            "architecture": f"{spec['backbone']} + MLP head {spec['hidden']} -> {spec['dim']}",
+            "architecture": f"{spec['backbone']} + {describe_head(spec['hidden'])} head "
+            f"-> {spec['dim']}",
             "backbone": spec["backbone"],
             "head_hidden": spec["hidden"],
             "params": parameter_count(student),

@@ -25,6 +25,11 @@ def projection_head(
     return nn.Sequential(*layers)
 
 
+def describe_head(hidden: Sequence[int]) -> str:
+    """What a projection head is, for manifests and reports: "linear" or "MLP [512]"."""
+    return f"MLP {list(hidden)}" if hidden else "linear"
+
+
 class Student(nn.Module):
     """Image [N,3,H,W] (normalised RGB) -> L2-normalised embedding [N, dim]."""
 
