@@ -11,8 +11,9 @@ MatMul in FP32 and a U8S8 MatMulInteger), and the speed ratios over the CLIP tow
 Models (random weights: speed does not depend on them):
 - the bundle's student: student.fp32.onnx when present, the shipped student.int8.onnx, and
   every INT8 mode rebuilt from the FP32 graph by retrofit_agent.distill.quantize;
-- efficientnet_b3 and mobilenetv3_large_100 students (retrofit_agent.distill.student at 224 px,
-  exported and quantized by the same code as a trained student), so the seed's is compared;
+- efficientnet_b3, mobilenetv3_large_100 and resnet10t students (retrofit_agent.distill.student
+  at 224 px, exported and quantized by the same code as a trained student), so the seed's is
+  compared;
 - the CLIP ViT-B/32 image tower (open_clip, pretrained=None), FP32 and every INT8 mode.
 Built models are kept in --work and reused; the students are also written there as bundles
 (with the given bundle's label bank) for `retrofit-agent bench --model`.
@@ -595,7 +596,7 @@ def main() -> None:
         "--video", type=Path, default=REPO.parent / "shared/data/video/solidWhiteRight.mp4"
     )
     parser.add_argument(
-        "--students", nargs="*", default=["efficientnet_b3", "mobilenetv3_large_100"]
+        "--students", nargs="*", default=["efficientnet_b3", "mobilenetv3_large_100", "resnet10t"]
     )
     parser.add_argument(
         "--modes", nargs="+", default=["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8", "dynamic_u8"]
