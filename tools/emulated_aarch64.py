@@ -54,7 +54,13 @@ def emulated(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
 def install() -> None:
     if not SETUP.is_file():
         sys.exit(f"emulated_aarch64: {SETUP} not found (../shared is absent)")
-    requirements = [*project_requirements.runtime(), *project_requirements.extra("dev", "pytest")]
+    # pip itself: setup.sh and install() run `pip check` under emulation (sqlite-utils, a former
+    # dependency, used to bring it along)
+    requirements = [
+        *project_requirements.runtime(),
+        *project_requirements.extra("dev", "pytest"),
+        "pip",
+    ]
     ROOT.mkdir(parents=True, exist_ok=True)
     log = ROOT / "setup.log"
     print(f"emulated_aarch64: {SETUP} into {ROOT} (log: {log}) with {' '.join(requirements)}")
