@@ -23,7 +23,7 @@ from retrofit_agent.capture import open_source
 from retrofit_agent.config import load_config
 from retrofit_agent.errors import RetrofitError
 from retrofit_agent.publish import Publisher
-from retrofit_agent.store import Store, open_store
+from retrofit_agent.store import open_store
 
 INTERRUPTED = 130
 
@@ -150,8 +150,7 @@ def dry_run(args: argparse.Namespace) -> int:
 
 def queue_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides={"store.path": args.queue_db})
-    s = config.store
-    store = Store.open_existing(s.path, max_rows=s.max_rows, max_bytes=s.max_bytes)
+    store = open_store(config.store, existing=True)
     try:
         if args.action == "stats":
             print(json.dumps(store.stats(), indent=2))
@@ -161,7 +160,7 @@ def queue_command(args: argparse.Namespace) -> int:
         else:
             before = store.stats()["file_bytes"]
             store.vacuum()
-            print(f"vacuumed {s.path}: {before} -> {store.stats()['file_bytes']} bytes")
+            print(f"vacuumed {store.path}: {before} -> {store.stats()['file_bytes']} bytes")
     finally:
         store.close()
     return 0
@@ -173,8 +172,7 @@ def upload_command(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, overrides={"store.path": args.upload_db})
     logging.basicConfig(level=logging.WARNING, format="retrofit-agent: warning: %(message)s")
-    s = config.store
-    store = Store.open_existing(s.path, max_rows=s.max_rows, max_bytes=s.max_bytes)
+    store = open_store(config.store, existing=True)
     try:
         uploader = Uploader(config.upload, store)
         try:

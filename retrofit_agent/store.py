@@ -368,14 +368,16 @@ class Store:
         self.db.close()
 
 
-def open_store(config: StoreConfig) -> Store:
-    """The queue a `[store]` section describes."""
-    return Store(
+def open_store(config: StoreConfig, existing: bool = False) -> Store:
+    """The queue a `[store]` section describes; `existing`: it must be there already (the
+    `queue` and `upload` commands read a database, they never start an empty one)."""
+    make = Store.open_existing if existing else Store
+    return make(
         config.path,
-        config.max_rows,
-        config.max_bytes,
-        config.commit_every,
-        config.commit_interval_s,
-        config.synchronous,
-        config.min_free_bytes,
+        max_rows=config.max_rows,
+        max_bytes=config.max_bytes,
+        commit_every=config.commit_every,
+        commit_interval_s=config.commit_interval_s,
+        synchronous=config.synchronous,
+        min_free_bytes=config.min_free_bytes,
     )
