@@ -22,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import open_clip
 import torch
+from model_speed import clip_module
 
 from retrofit_agent.distill.config import QuantizeConfig, RunConfig
 from retrofit_agent.distill.data import FrameCache, model_inputs
 from retrofit_agent.distill.evaluate import evaluate
+from retrofit_agent.distill.export import export_onnx
 from retrofit_agent.distill.pipeline import run_all, trained_student
 from retrofit_agent.distill.quantize import build_variant, interleaved_latency_ms
 from retrofit_agent.distill.student import describe_head
 from retrofit_agent.distill.teacher import Teacher
-from retrofit_agent.embedder import INPUT_NAME, OUTPUT_NAME
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -149,42 +149,22 @@ def distil(
     }
 
 
-class VisualTower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(image, normalize=True)
-
-
 def clip_vs_students(rows: list[dict[str, Any]], work: Path, runs: int) -> dict[str, float]:
     """Single-frame latency of each student's INT8 bundle and CLIP ViT-B/32 (FP32, INT8)."""
-    tmp = Path(tempfile.mkdtemp(prefix="clip-b32-", dir=work))
-    clip = VisualTower(open_clip.create_model("ViT-B-32", pretrained=None)).eval()
-    fp32 = tmp / "clip-b32.fp32.onnx"
-    torch.onnx.export(
-        clip,
-        (torch.zeros(1, 3, 224, 224),),
-        str(fp32),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=17,
-        dynamo=False,
-    )
-    int8 = tmp / "clip-b32.int8.onnx"
-    calibration = torch.randn(16, 3, 224, 224).numpy()
-    build_variant(fp32, int8, "qdq_u8s8", calibration, QuantizeConfig(per_channel=True))
-    models = {"clip_b32_fp32": fp32, "clip_b32_int8": int8}
-    for row in rows:
-        models[row["name"]] = Path(row["bundle"]) / "student.int8.onnx"
-    clip_frame = torch.randn(3, 224, 224).numpy()
-    frames = {"clip_b32_fp32": clip_frame, "clip_b32_int8": clip_frame}
-    for row in rows:  # students take their own 64 px input
-        config = row["config"]
-        spec = trained_student(config)[1]
-        frames[row["name"]] = model_inputs(FrameCache(config.cache_dir), spec, 1)[0]
-    return interleaved_latency_ms(models, frames, runs, threads=1)
+    with tempfile.TemporaryDirectory(prefix="clip-b32-", dir=work) as tmp:
+        fp32, int8 = Path(tmp) / "clip-b32.fp32.onnx", Path(tmp) / "clip-b32.int8.onnx"
+        export_onnx(clip_module(), 224, fp32)
+        calibration = torch.randn(16, 3, 224, 224).numpy()
+        build_variant(fp32, int8, "qdq_u8s8", calibration, QuantizeConfig(per_channel=True))
+        clip_frame = torch.randn(3, 224, 224).numpy()
+        models = {"clip_b32_fp32": fp32, "clip_b32_int8": int8}
+        frames = {"clip_b32_fp32": clip_frame, "clip_b32_int8": clip_frame}
+        for row in rows:  # students take their own 64 px input
+            config = row["config"]
+            spec = trained_student(config)[1]
+            models[row["name"]] = Path(row["bundle"]) / "student.int8.onnx"
+            frames[row["name"]] = model_inputs(FrameCache(config.cache_dir), spec, 1)[0]
+        return interleaved_latency_ms(models, frames, runs, threads=1)
 
 
 def main() -> None:
