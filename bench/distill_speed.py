@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-import open_clip
+from retrofit_agent.distill.cli import format_quantize
+from retrofit_agent.distill.config import RunConfig
+from retrofit_agent.distill.pipeline import run_export, run_quantize
+from retrofit_agent.distill.teacher import model_config, random_teacher
+from retrofit_agent.distill.train import LOG, train
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from distill_fixtures import TINY_CLIP  # noqa: E402
-
-from retrofit_agent.distill.cli import format_quantize  # noqa: E402
-from retrofit_agent.distill.config import RunConfig  # noqa: E402
-from retrofit_agent.distill.pipeline import run_export, run_quantize  # noqa: E402
-from retrofit_agent.distill.teacher import save_teacher  # noqa: E402
-from retrofit_agent.distill.train import LOG, train  # noqa: E402
 
 
 def main() -> None:
@@ -41,10 +35,8 @@ def main() -> None:
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    clip = {**TINY_CLIP, "embed_dim": 512}
-    (args.out / "bench-clip.json").write_text(json.dumps(clip))
-    open_clip.add_model_config(args.out / "bench-clip.json")
-    teacher = save_teacher(open_clip.create_model("bench-clip"), clip, args.out, "bench-clip")
+    clip = {**model_config("tiny-clip"), "embed_dim": 512}
+    teacher = random_teacher(args.out, "bench-clip", clip)
     config = RunConfig.model_validate(
         {
             "out_dir": args.out / "run",

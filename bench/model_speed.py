@@ -43,8 +43,14 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from retrofit_agent.bundle import LABELS, STUDENT_FP32, STUDENT_INT8, load_bundle, write_manifest
-from retrofit_agent.embedder import session_options
+from retrofit_agent.bundle.manifest import (
+    LABELS,
+    STUDENT_FP32,
+    STUDENT_INT8,
+    load_bundle,
+    write_manifest,
+)
+from retrofit_agent.frames.embedder import session_options
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = "clip_vit_b32"
@@ -149,7 +155,7 @@ def calibration_frames(video: Path, count: int, bundle: Path | None = None) -> n
     """`count` real frames spread over the video, preprocessed as the bundle (or CLIP) wants."""
     import cv2
 
-    from retrofit_agent.preprocess import Preprocessor
+    from retrofit_agent.frames.preprocess import Preprocessor
 
     if bundle is not None:
         m = load_bundle(bundle).manifest

@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from model_speed import REPO, feed
 
-from retrofit_agent.embedder import session_options
+from retrofit_agent.frames.embedder import session_options
 
 LEVELS = ort.GraphOptimizationLevel
 NO_SPIN = {"session.intra_op.allow_spinning": "0"}

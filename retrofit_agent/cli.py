@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from retrofit_agent import __version__
-from retrofit_agent.agent import Pipeline, RunStats, run
-from retrofit_agent.capture import open_source
-from retrofit_agent.config import load_config
+from retrofit_agent.config import CaptureConfig, load_config
 from retrofit_agent.errors import RetrofitError
-from retrofit_agent.publish import Publisher
-from retrofit_agent.store import open_store
+from retrofit_agent.frames.runtime import Runtime
+from retrofit_agent.frames.stats import RunStats
+from retrofit_agent.store.queue import open_store
 
 INTERRUPTED = 130
 
@@ -94,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "upload":
             return upload_command(args)
         if args.command == "run":
-            from retrofit_agent import service  # the dry run does without its imports
+            from retrofit_agent.service import daemon  # the dry run does without its imports
 
-            return service.main(args.config)
+            return daemon.main(args.config)
         if args.command == "bench":
             return bench_command(args)
     except RetrofitError as exc:
@@ -119,29 +118,23 @@ def dry_run(args: argparse.Namespace) -> int:
                 "publish.enabled": False if args.no_publish else None,
             },
         )
-        pipeline = Pipeline(config)
+        capture = CaptureConfig(source=str(args.dry_run), realtime=args.realtime)
+        runtime = stack.enter_context(Runtime(config, capture))
+        pipeline = runtime.pipeline
         if pipeline.bundle.manifest.teacher.get("kind") == "none":
             print(
                 f"retrofit-agent: warning: model {pipeline.model_ref.name} has random weights, "
                 "its labels are meaningless (see models/README.md)",
                 file=sys.stderr,
             )
-        prepare = pipeline.preprocess.prepare  # on the reader thread: inference only infers
-        source = stack.enter_context(open_source(args.dry_run, args.realtime, prepare=prepare))
-        publisher = None
-        if config.publish.enabled:
-            publisher = Publisher(config.publish.endpoint, config.publish.send_hwm)
-            stack.callback(publisher.close)
-        store = open_store(config.store)
-        stack.callback(store.close)
-        progress = Progress(source.total)
-        stats = run(pipeline, source, store, publisher, args.max_frames, progress)
+        progress = Progress(runtime.source.total)
+        stats = runtime.run(args.max_frames, progress)
         progress.done()
         summary = {
             "model": pipeline.model_ref.model_dump(),
-            "source": source.name,
+            "source": runtime.source.name,
             "database": str(args.db) if args.db else None,
-            "stored_rows": store.stats()["rows"],
+            "stored_rows": runtime.store.stats()["rows"],
             **stats.summary(),
         }
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
@@ -168,7 +161,9 @@ def queue_command(args: argparse.Namespace) -> int:
 
 def upload_command(args: argparse.Namespace) -> int:
     """Drain the queue to `upload.endpoint`; print what was done as JSON."""
-    from retrofit_agent.upload import Uploader  # here: ssl and http.client cost ~3 MiB RSS
+    from retrofit_agent.transport.upload import (
+        Uploader,  # here: ssl and http.client cost ~3 MiB RSS
+    )
 
     config = load_config(args.config, overrides={"store.path": args.upload_db})
     logging.basicConfig(level=logging.WARNING, format="retrofit-agent: warning: %(message)s")
@@ -188,8 +183,8 @@ def upload_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    """Measure the bundle on this device (retrofit_agent.bench); print the report."""
-    from retrofit_agent import bench  # only this command needs it
+    """Measure the bundle on this device (retrofit_agent.frames.bench); print the report."""
+    from retrofit_agent.frames import bench  # only this command needs it
 
     config = load_config(args.config, overrides={"model": args.model})
     report = bench.bench(config, args.video or bench.default_video(), args.rounds, args.runs)

@@ -8,37 +8,26 @@ key and what is wrong, on one line.
 from __future__ import annotations
 
 import datetime
-import os
 import socket
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from retrofit_agent.errors import ConfigError
+from retrofit_agent.common.settings import load_validated
+from retrofit_agent.common.strict import StrictModel
 
-ENV_PREFIX = "RETROFIT_AGENT_"
-ENV_NESTING = "__"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
-M = TypeVar("M", bound=BaseModel)
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CaptureConfig(StrictModel):
@@ -88,7 +77,7 @@ class EmbedderConfig(StrictModel):
 
 
 class StoreConfig(StrictModel):
-    """The SQLite observation queue and its bound (see retrofit_agent.store for eviction)."""
+    """The SQLite observation queue and its bound (see retrofit_agent.store.queue for eviction)."""
 
     path: Path = Path("/var/lib/retrofit-agent/observations.db")
     max_rows: PositiveInt = 1_000_000
@@ -125,7 +114,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class UploadConfig(StrictModel):
-    """The uploader (retrofit_agent.upload): where to, with which credentials, how much, when."""
+    """The uploader (transport.upload): where to, with which credentials, how much, when."""
 
     endpoint: str | None = Field(None, description="https:// URL; plain http only to loopback")
     token_file: Path = Path("/etc/retrofit-agent/upload.token")
@@ -178,77 +167,3 @@ def load_config(
 ) -> AgentConfig:
     """Read `path` (TOML), apply RETROFIT_AGENT_* variables, then `overrides` (dotted keys)."""
     return load_validated(AgentConfig, path, environ, overrides)
-
-
-def load_validated(
-    model: type[M],
-    path: Path | None,
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> M:
-    """Any strict config model from TOML, RETROFIT_AGENT_* variables and dotted overrides."""
-    data: dict[str, Any] = _read_toml(path) if path is not None else {}
-    origins: dict[tuple[str, ...], str] = {}
-    environ = os.environ if environ is None else environ
-    for name, raw in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX):
-            keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split(ENV_NESTING))
-            _set_path(data, keys, _parse_env_value(raw))
-            origins[keys] = f"environment variable {name}"
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            keys = tuple(dotted.split("."))
-            _set_path(data, keys, value)
-            origins[keys] = f"option {dotted}"
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        where = str(path) if path is not None else "configuration"
-        raise ConfigError(describe_errors(exc, where, origins)) from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-
-
-def _parse_env_value(raw: str) -> Any:
-    """Environment values are TOML literals (`3`, `true`, `"x"`); anything else is a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def _set_path(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
-    for key in keys[:-1]:
-        child = data.setdefault(key, {})
-        if not isinstance(child, dict):
-            child = data[key] = {}
-        data = child
-    data[keys[-1]] = value
-
-
-def describe_errors(
-    exc: ValidationError, where: str, origins: Mapping[tuple[str, ...], str] | None = None
-) -> str:
-    """Every validation error as `source: dotted.key: what is wrong`, joined on one line."""
-    origins = origins or {}
-    problems = []
-    for err in exc.errors():
-        loc = tuple(str(part) for part in err["loc"])
-        source = next(
-            (origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), where
-        )
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        if err["type"] not in ("extra_forbidden", "missing"):
-            what += f" (got {err['input']!r})"
-        problems.append(f"{source}: {'.'.join(loc)}: {what}")
-    return "; ".join(problems)

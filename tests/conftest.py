@@ -9,11 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("RETROFIT_SHARED", REPO.parent / "shared"))
-REAL_VIDEO = SHARED / "data" / "video" / "solidWhiteRight.mp4"
-ROAD_IMAGES = SHARED / "data" / "images" / "road"
+from helpers.paths import REAL_VIDEO, ROAD_IMAGES
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +21,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     if prebuilt := os.environ.get("RETROFIT_TINY_BUNDLE"):
         return Path(prebuilt)
-    from bundle_factory import build_bundle  # needs onnx, a dev-only dependency
+    from helpers.bundle_factory import build_bundle  # needs onnx, a dev-only dependency
 
     return build_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
 
@@ -40,7 +36,7 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory):
     """A random-weight tiny CLIP (OpenCLIP config + checkpoint); skips without [distill]."""
     pytest.importorskip("open_clip", reason="needs the [distill] extra")
-    from distill_fixtures import make_teacher
+    from helpers.distill import make_teacher
 
     return make_teacher(tmp_path_factory.mktemp("teacher"))
 

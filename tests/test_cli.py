@@ -7,29 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bundle import rewrite_manifest
+from helpers.bundle_factory import rewrite_manifest
+from helpers.cli import agent, error_line
 
-from retrofit_agent.bundle import load_bundle
+from retrofit_agent.bundle.labels import save_label_bank
+from retrofit_agent.bundle.manifest import load_bundle
 from retrofit_agent.config import DEFAULT_MODEL
-from retrofit_agent.labels import save_label_bank
-
-AGENT = [sys.executable, "-m", "retrofit_agent"]
-
-
-def agent(*args, check_ok=False) -> subprocess.CompletedProcess:
-    result = subprocess.run([*AGENT, *map(str, args)], capture_output=True, text=True, timeout=120)
-    if check_ok:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-    """The single error line; other stderr lines may only be warnings."""
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("retrofit-agent: error: ")]
-    assert len(errors) == 1, result.stderr
-    assert all("warning" in line for line in lines if line not in errors), result.stderr
-    return errors[0]
 
 
 def test_console_script_is_installed():

@@ -3,14 +3,14 @@
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from helpers.paths import REPO
 from pydantic import BaseModel
 
 from retrofit_agent.config import AgentConfig, load_config
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = REPO / "deploy"
 EXAMPLE = DEPLOY / "agent.example.toml"
 # keys whose example value is deliberately not the default
 DEPLOYED_VALUES = {"model", "capture.source"}

@@ -90,7 +90,7 @@ def test(pytest_args: list[str]) -> int:
     if not PYTHON.is_file():
         sys.exit(f"emulated_aarch64: {PYTHON} not found: run `install` first")
     sys.path.insert(0, str(REPO / "tests"))
-    from bundle_factory import build_bundle  # needs onnx, which this (x86) side has
+    from helpers.bundle_factory import build_bundle  # needs onnx, which this (x86) side has
 
     with tempfile.TemporaryDirectory(prefix="arm64-test-") as tmp:
         bundle = build_bundle(Path(tmp) / "tiny")

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
@@ -19,14 +17,11 @@ from pydantic import (
     model_validator,
 )
 
-from retrofit_agent.config import load_validated
+from retrofit_agent.common.settings import load_validated
+from retrofit_agent.common.strict import StrictModel
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TeacherConfig(Section):
+class TeacherConfig(StrictModel):
     """An open_clip model: by name + pretrained tag, or name + local checkpoint file.
 
     `config_json` registers a custom architecture from an open_clip model-config JSON (how the
@@ -38,37 +33,39 @@ class TeacherConfig(Section):
     checkpoint: Path | None = Field(None, description="local weights instead of a tag")
     config_json: Path | None = None
 
-    @model_validator(mode="after")
-    def _one_source_of_weights(self) -> TeacherConfig:
-        if self.checkpoint is not None:
-            self.pretrained = None
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source_of_weights(cls, data: Any) -> Any:
+        """A local checkpoint replaces the pretrained tag (whose default is "openai")."""
+        if isinstance(data, dict) and data.get("checkpoint") is not None:
+            return {**data, "pretrained": None}
+        return data
 
 
-class StudentConfig(Section):
+class StudentConfig(StrictModel):
     """A timm backbone (any registered name) plus an MLP projection head."""
 
     backbone: str = "efficientnet_b3"
     backbone_weights: Path | None = None
-    hidden: list[PositiveInt] = [1024]
+    hidden: list[PositiveInt] = Field([1024], description="MLP head widths; [] is linear")
     dropout: float = Field(0.1, ge=0, lt=1)
     image_size: PositiveInt = 224
     shortest_side: PositiveInt | None = Field(None, description="default: image_size")
     interpolation: Literal["bilinear", "bicubic", "area"] = "bicubic"
 
 
-class DataConfig(Section):
+class DataConfig(StrictModel):
     """Unlabelled images (folders, searched recursively) and frames sampled from videos."""
 
-    images: list[Path] = []
-    videos: list[Path] = []
+    images: list[Path] = Field([], description="folders of images")
+    videos: list[Path] = Field([], description="video files")
     video_stride: PositiveInt = Field(10, description="every Nth frame of each video")
     cache_dir: Path | None = Field(None, description="default: <out_dir>/cache")
     color_jitter: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation")
     flip: bool = Field(False, description="horizontal flips (the teacher saw the unflipped view)")
 
 
-class LossConfig(Section):
+class LossConfig(StrictModel):
     """Weights (0 switches a loss off) and the settings of the three distillation losses."""
 
     feature: NonNegativeFloat = 1.0
@@ -88,7 +85,7 @@ class LossConfig(Section):
         return self
 
 
-class TrainConfig(Section):
+class TrainConfig(StrictModel):
     steps: PositiveInt = 1000
     batch_size: PositiveInt = Field(64, description="per process")
     lr: PositiveFloat = 1e-3
@@ -103,7 +100,7 @@ class TrainConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
 
 
-class ExportConfig(Section):
+class ExportConfig(StrictModel):
     opset: int = Field(17, ge=13)
     parity_frames: PositiveInt = Field(16, description="cached frames compared torch vs ONNX")
     max_abs_diff: PositiveFloat = 1e-4
@@ -112,10 +109,10 @@ class ExportConfig(Section):
 QuantMode = Literal["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8", "dynamic_u8"]
 
 
-class QuantizeConfig(Section):
+class QuantizeConfig(StrictModel):
     """INT8 variants to try; the fastest one meeting `min_cosine` against FP32 is shipped."""
 
-    modes: list[QuantMode] = ["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8"]
+    modes: list[QuantMode] = Field(["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8"])
     calibration_frames: PositiveInt = 64
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
@@ -128,23 +125,23 @@ class QuantizeConfig(Section):
     latency_runs: PositiveInt = 30
 
 
-class LabelsConfig(Section):
+class LabelsConfig(StrictModel):
     label_set: Path | None = Field(None, description="label-set TOML (contract 2)")
 
 
-class EvalConfig(Section):
+class EvalConfig(StrictModel):
     """Zero-shot top-1 on a labelled folder: one sub-folder per class, its name the class."""
 
     folder: Path | None = None
-    templates: list[str] = ["a photo of {}."]
+    templates: list[str] = Field(["a photo of {}."], description="zero-shot prompts")
 
 
-class BundleConfig(Section):
+class BundleConfig(StrictModel):
     name: str = Field("student", min_length=1)
     path: Path | None = Field(None, description="default: <out_dir>/bundle")
 
 
-class RunConfig(Section):
+class RunConfig(StrictModel):
     out_dir: Path = Path("runs/distill")
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()

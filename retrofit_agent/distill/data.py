@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import torch
 
-from retrofit_agent.capture import IMAGE_SUFFIXES
 from retrofit_agent.distill.config import DataConfig
 from retrofit_agent.errors import ConfigError, SourceError
-from retrofit_agent.preprocess import Preprocessor
+from retrofit_agent.frames.capture import IMAGE_SUFFIXES
+from retrofit_agent.frames.preprocess import Preprocessor
 
 CACHE_BATCH = 32
 

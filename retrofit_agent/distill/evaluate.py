@@ -18,12 +18,12 @@ import matplotlib
 import numpy as np
 import torch
 
-from retrofit_agent.capture import IMAGE_SUFFIXES
 from retrofit_agent.distill.data import preprocessor_for
 from retrofit_agent.distill.export import onnx_embeddings
 from retrofit_agent.distill.labelset import ensemble
 from retrofit_agent.distill.teacher import Teacher
 from retrofit_agent.errors import ConfigError
+from retrofit_agent.frames.capture import IMAGE_SUFFIXES
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt

@@ -15,8 +15,8 @@ import onnxruntime as ort
 import torch
 
 from retrofit_agent.distill.student import Student
-from retrofit_agent.embedder import INPUT_NAME, OUTPUT_NAME, session_options
 from retrofit_agent.errors import BundleError
+from retrofit_agent.frames.embedder import INPUT_NAME, OUTPUT_NAME, session_options
 
 
 def export_onnx(student: torch.nn.Module, size: int, path: Path, opset: int = 17) -> None:

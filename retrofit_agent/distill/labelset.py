@@ -20,22 +20,17 @@ zero-shot classifiers do).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from retrofit_agent.config import describe_errors
-from retrofit_agent.errors import ConfigError
-from retrofit_agent.labels import save_label_bank
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from retrofit_agent.bundle.labels import save_label_bank
+from retrofit_agent.common.settings import load_validated
+from retrofit_agent.common.strict import StrictModel
 
 
 def _one_placeholder(templates: list[str]) -> list[str]:
@@ -48,12 +43,12 @@ def _one_placeholder(templates: list[str]) -> list[str]:
 Templates = Annotated[list[str], AfterValidator(_one_placeholder)]
 
 
-class LabelSpec(Section):
+class LabelSpec(StrictModel):
     phrases: list[str] = Field(min_length=1)
     threshold: float | None = None
 
 
-class GroupSpec(Section):
+class GroupSpec(StrictModel):
     kind: Literal["exclusive", "multi"]
     threshold: float | None = Field(None, description="exclusive default 0: always report")
     templates: Templates | None = None
@@ -76,7 +71,7 @@ class GroupSpec(Section):
         return {name: spec(value) for name, value in self.labels.items()}
 
 
-class LabelSet(Section):
+class LabelSet(StrictModel):
     name: str | None = None
     templates: Templates = Field(["a photo of {}."], min_length=1)
     groups: dict[str, GroupSpec] = Field(min_length=1)
@@ -108,15 +103,7 @@ class LabelSet(Section):
 
 
 def load_label_set(path: Path) -> LabelSet:
-    try:
-        with open(path, "rb") as f:
-            return LabelSet.model_validate(tomllib.load(f))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such label set") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except ValidationError as exc:
-        raise ConfigError(describe_errors(exc, str(path))) from None
+    return load_validated(LabelSet, path, environ={}, what="label set")
 
 
 def ensemble(

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retrofit_agent.agent import Pipeline
-from retrofit_agent.bundle import LABELS, STUDENT_FP32, STUDENT_INT8, write_manifest
+from retrofit_agent.bundle.labels import load_label_bank
+from retrofit_agent.bundle.manifest import LABELS, STUDENT_FP32, STUDENT_INT8, write_manifest
 from retrofit_agent.config import load_config
 from retrofit_agent.distill.config import RunConfig
 from retrofit_agent.distill.data import FrameCache, model_inputs
@@ -33,7 +33,7 @@ from retrofit_agent.distill.student import describe_head, parameter_count
 from retrofit_agent.distill.teacher import Teacher
 from retrofit_agent.distill.train import CHECKPOINT, build_student, load_checkpoint, train
 from retrofit_agent.errors import ConfigError
-from retrofit_agent.labels import load_label_bank
+from retrofit_agent.frames.pipeline import Pipeline
 
 EXPORT_REPORT = "export.json"
 QUANTIZE_REPORT = "quantize.json"

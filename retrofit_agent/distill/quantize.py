@@ -30,11 +30,11 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from retrofit_agent.bundle.labels import LabelBank
 from retrofit_agent.distill.config import QuantizeConfig
 from retrofit_agent.distill.export import onnx_embeddings, ort_session
-from retrofit_agent.embedder import INPUT_NAME, OUTPUT_NAME
 from retrofit_agent.errors import BundleError, one_line
-from retrofit_agent.labels import LabelBank
+from retrofit_agent.frames.embedder import INPUT_NAME, OUTPUT_NAME
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,

@@ -27,25 +27,15 @@ from retrofit_agent.distill.synthetic import (
     class_name,
     single_objects,
 )
-from retrofit_agent.distill.teacher import Teacher, save_teacher
+from retrofit_agent.distill.teacher import Teacher, model_config, save_teacher
 from retrofit_agent.distill.train import cosine_lr
 
 NAME = "synthetic-clip"
-# An open_clip custom config: a timm ResNet-10 image tower (random init) and a 3-layer text
-# transformer. A small ViT (4 layers, width 128, 8 px patches) was tried first: after 1000
+# model_configs/synthetic-clip.json: a timm ResNet-10 image tower (random init) and a 3-layer
+# text transformer. A small ViT (4 layers, width 128, 8 px patches) was tried first: after 1000
 # steps it named every colour but guessed shapes at chance (held-out top-1 18%); this tower
 # reached 31% after 150 steps on the same data, so the CPU budget goes further with it.
-ARCHITECTURE = {
-    "embed_dim": 128,
-    "vision_cfg": {
-        "timm_model_name": "resnet10t",
-        "timm_model_pretrained": False,
-        "timm_pool": "avg",
-        "timm_proj": "linear",
-        "image_size": 64,
-    },
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
-}
+ARCHITECTURE = model_config(NAME)
 PROMPT = "a photo of a {}."
 
 

@@ -18,9 +18,12 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from retrofit_agent.bundle import sha256_file
+from retrofit_agent.common.files import sha256_file
 from retrofit_agent.distill.config import TeacherConfig
 from retrofit_agent.errors import ConfigError, one_line
+
+# Architectures as open_clip keeps them: one JSON model config each.
+MODEL_CONFIGS = Path(__file__).with_name("model_configs")
 
 
 class Teacher:
@@ -82,6 +85,20 @@ def teacher_identity(config: TeacherConfig) -> dict[str, Any]:
     if config.config_json is not None and config.config_json.is_file():
         identity["config_json_sha256"] = sha256_file(config.config_json)
     return identity
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """An open_clip model config shipped with the package (model_configs/<name>.json)."""
+    return json.loads((MODEL_CONFIGS / f"{name}.json").read_text())
+
+
+def random_teacher(out_dir: Path, name: str, config: dict[str, Any]) -> TeacherConfig:
+    """An untrained CLIP of `config`, saved in OpenCLIP format: speed does not depend on the
+    weights, and the plumbing tests need a teacher, not a good one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
+    open_clip.add_model_config(out_dir / f"{name}.json")
+    return save_teacher(open_clip.create_model(name), config, out_dir, name)
 
 
 def save_teacher(

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from retrofit_agent.common.files import replacing
 from retrofit_agent.distill.config import RunConfig
 from retrofit_agent.distill.data import Batches, FrameCache, collect_items, preprocessor_for
 from retrofit_agent.distill.labelset import load_label_set
@@ -222,9 +223,8 @@ def _save(path: Path, step: int, spec, student, optimizer, config: RunConfig) ->
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "config": config.model_dump(mode="json"),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+    with replacing(path) as tmp:  # a crash mid-save leaves the previous checkpoint intact
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The fleet side: what receives the cameras' uploads. The device code never imports it."""

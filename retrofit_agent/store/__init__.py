@@ -1,0 +1,1 @@
+"""The observation queue on the device (SQLite) and the policies around it."""

@@ -1,0 +1,156 @@
+import json
+
+import numpy as np
+import pytest
+import zmq
+from helpers.zmq_sub import subscriber, wait_until_subscribed
+
+from retrofit_agent.config import CaptureConfig, load_config
+from retrofit_agent.frames.capture import open_source
+from retrofit_agent.frames.pipeline import Pipeline
+from retrofit_agent.frames.runtime import Runtime
+from retrofit_agent.frames.stats import STAGES, Window, quantiles
+from retrofit_agent.observation import Observation
+
+pytestmark = pytest.mark.device
+
+
+def drain(socket: zmq.Socket) -> list[list[bytes]]:
+    messages = []
+    while socket.poll(500):
+        messages.append(socket.recv_multipart())
+    return messages
+
+
+def config_for(bundle, tmp_path, db="obs.db", **overrides):
+    """The tiny bundle, a database in tmp_path, no ZeroMQ unless an endpoint is given."""
+    return load_config(
+        None,
+        environ={},
+        overrides={
+            "model": bundle,
+            "store.path": tmp_path / db,
+            "publish.enabled": "publish.endpoint" in overrides,
+            **overrides,
+        },
+    )
+
+
+def test_real_footage_end_to_end(tiny_bundle, real_video, tmp_path):
+    endpoint = f"ipc://{tmp_path}/agent.sock"
+    config = config_for(
+        tiny_bundle,
+        tmp_path,
+        device_id="cam-e2e",
+        **{"publish.endpoint": endpoint, "publish.send_hwm": 10_000},
+    )
+    with Runtime(config, CaptureConfig(source=str(real_video))) as runtime:
+        everything = subscriber(endpoint, b"obs")
+        top_label = subscriber(endpoint, b"label.road_users.")
+        wait_until_subscribed(
+            runtime.publisher, everything, top_label, probe_label=("road_users", "car")
+        )
+        stats = runtime.run()
+        assert stats.frames == runtime.source.total == 221 and stats.dropped == 0
+        stored = list(runtime.store.observations())
+        pipeline = runtime.pipeline
+    assert [o.frame_index for o in stored] == list(range(221))
+    assert len({o.seq for o in stored}) == 221
+    assert all(o.device_id == "cam-e2e" and o.source == str(real_video) for o in stored)
+    assert all(o.model.manifest_sha256 == pipeline.bundle.manifest_sha256 for o in stored)
+
+    published = drain(everything)
+    assert [m[0] for m in published] == [b"obs"] * 221
+    by_seq = {o.seq: o for o in stored}
+    for _, header, embedding in published:
+        obs = Observation.model_validate({**json.loads(header), "embedding": embedding})
+        assert obs == by_seq[obs.seq]  # same labels, scores and float16 embedding bytes
+
+    filtered = drain(top_label)
+    expected = sum(1 for o in stored for s in o.labels if s.group == "road_users")
+    assert 0 < len(filtered) == expected < 221 * 4
+    assert all(topic.startswith(b"label.road_users.") for topic, _, _ in filtered)
+
+    # the stored embedding is the student's output for that frame, unit length
+    assert np.allclose(np.linalg.norm(stored[0].embedding_array().astype(np.float32)), 1, atol=1e-2)
+    summary = stats.summary()
+    assert set(summary["latency_ms"]) == {*STAGES, "total"}
+    assert sum(summary["labels"].values()) == sum(len(o.labels) for o in stored)
+    everything.close()
+    top_label.close()
+
+
+def test_embedding_matches_a_direct_computation(tiny_bundle, synthetic_video, tmp_path):
+    config = config_for(tiny_bundle, tmp_path)
+    with Runtime(config, CaptureConfig(source=str(synthetic_video))) as runtime:
+        runtime.run(max_frames=5)
+        stored = list(runtime.store.observations())
+        pipeline = runtime.pipeline
+    assert len(stored) == 5
+    with open_source(synthetic_video) as source:
+        frame = next(iter(source))
+        direct = pipeline.embedder(pipeline.preprocess(frame.image))[0]
+    np.testing.assert_allclose(
+        stored[0].embedding_array().astype(np.float32), direct / np.linalg.norm(direct), atol=1e-3
+    )
+
+
+def test_inputs_prepared_on_the_reader_thread_give_the_same_observations(
+    tiny_bundle, synthetic_video, tmp_path
+):
+    config = config_for(tiny_bundle, tmp_path)
+    with Runtime(config, CaptureConfig(source=str(synthetic_video))) as runtime:
+        stats = runtime.run()
+        prepared = [(o.labels, o.embedding) for o in runtime.store.observations()]
+        pipeline = runtime.pipeline
+    assert stats.frames == 40 and stats.summary()["latency_ms"]["preprocess"]["p50"] > 0
+    assert pipeline.inline_preprocessed == 0  # every input was made on the reader thread
+    inline = []
+    with open_source(synthetic_video) as source:  # no prepare: made on this thread
+        for seq, frame in enumerate(source, 1):
+            observation = pipeline.observe(frame, source.name, seq, {})
+            inline.append((observation.labels, observation.embedding))
+    assert pipeline.inline_preprocessed == 40
+    assert inline == prepared
+
+
+def test_a_reload_to_another_input_size_remakes_inputs_prepared_for_the_old_bundle(
+    tiny_bundle, synthetic_video, tmp_path
+):
+    from helpers.bundle_factory import build_bundle
+
+    small = build_bundle(tmp_path / "small", size=32, name="tiny-32")
+    pipeline = Pipeline(config_for(tiny_bundle, tmp_path))
+    with open_source(synthetic_video, prepare=pipeline.prepare) as source:
+        frames = iter(source)
+        old = next(frames)  # prepared for the 64 px bundle
+        assert old.prepared.input.shape == (1, 3, 64, 64)
+        pipeline.load(config_for(small, tmp_path))
+        remade = pipeline.observe(old, source.name, 1, {})
+        assert pipeline.inline_preprocessed == 1
+        direct = pipeline.embedder(pipeline.preprocess(old.image))[0]
+        np.testing.assert_allclose(
+            remade.embedding_array().astype(np.float32),
+            direct / np.linalg.norm(direct),
+            atol=1e-3,
+        )
+        later = [next(frames) for _ in range(3)][-1]  # the reader now prepares for 32 px
+        assert later.prepared.input.shape == (1, 3, 32, 32)
+        pipeline.observe(later, source.name, 2, {})
+        assert pipeline.inline_preprocessed == 1
+
+
+def test_latency_window_keeps_the_last_values_in_fixed_memory():
+    window = Window(size=4)
+    assert len(window) == 0 and window.values().size == 0
+    for value in range(10):
+        window.append(value)
+    assert len(window) == 4
+    assert sorted(window.values()) == [6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 221])
+def test_quantiles_match_numpy(count):
+    values = np.random.default_rng(count).exponential(size=count)
+    qs = (0.5, 0.9, 0.99)
+    np.testing.assert_allclose(quantiles(values, qs), np.quantile(values, qs), rtol=1e-12)

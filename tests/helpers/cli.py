@@ -1,0 +1,24 @@
+"""`retrofit-agent` as a subprocess, and its one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+AGENT = [sys.executable, "-m", "retrofit_agent"]
+
+
+def agent(*args, check_ok=False) -> subprocess.CompletedProcess:
+    result = subprocess.run([*AGENT, *map(str, args)], capture_output=True, text=True, timeout=120)
+    if check_ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The single error line; other stderr lines may only be warnings."""
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("retrofit-agent: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert all("warning" in line for line in lines if line not in errors), result.stderr
+    return errors[0]
