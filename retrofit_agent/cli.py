@@ -1,4 +1,4 @@
-"""The `retrofit-agent` command line (DESIGN.md contract 4).
+"""The `retrofit-agent` command line (contract 4, docs/contracts/command-line.md).
 
 Every expected failure is one line on stderr, `retrofit-agent: error: ...`, and the error's
 sysexits-style code (see retrofit_agent.errors). Resources are opened in the order bundle,
