@@ -1,4 +1,5 @@
-"""An observation (contract 3, docs/contracts/observation.md): what is stored, published and uploaded per frame.
+"""An observation (contract 3, docs/contracts/observation.md): what is stored, published and
+uploaded per frame.
 
 `(device_id, seq)` is the idempotency key end to end. The embedding travels as float16 bytes:
 in SQLite as a BLOB, over ZeroMQ as its own message part, never inside the JSON.
