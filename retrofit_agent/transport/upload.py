@@ -5,7 +5,7 @@ The wire protocol is docs/upload-protocol.md; retrofit_agent.fleet.ingest is its
 - A row leaves `pending` only when an acknowledgement naming it arrives. A crash, a timeout or
   a lost answer re-sends at most the batch in flight; the server deduplicates by
   `(device_id, seq)`, so a re-send is harmless.
-- Every failed attempt waits a full-jitter exponential backoff, uniform in
+- Every failed attempt waits a full-jitter exponential backoff (common.backoff), uniform in
   [0, min(cap, base * 2**(failures - 1))], or longer if the server sent Retry-After: a dead link
   costs a bounded number of requests per hour, and a fleet does not retry in lockstep.
 - A batch refused for its content (400, 413, 422) is halved at once until the culprit stands
@@ -44,6 +44,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from retrofit_agent import __version__
+from retrofit_agent.common.backoff import Backoff
 from retrofit_agent.config import UploadConfig, Window
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
 from retrofit_agent.store.queue import QUARANTINED, UPLOADED, Store
@@ -223,8 +224,8 @@ class Uploader:
         }
         self._link = Link(config.endpoint, config.timeout_s, ssl_context(config))
         self._clock = clock
-        self._rng = rng or random.Random()
-        self._failures = 0  # in a row, for the backoff
+        rand = (rng or random.Random()).random
+        self._backoff = Backoff(config.backoff_base_s, config.backoff_cap_s, "full", rand)
         self._batch_rows = config.batch_rows  # halved until a refused row is isolated
         self._next_at = 0.0  # time.monotonic() before which no request goes out
 
@@ -354,7 +355,7 @@ class Uploader:
         self.store.set_state(rejected, QUARANTINED)
         for row in ack.rejected:
             log.warning("seq %d quarantined, the server rejected it: %s", row.seq, row.error)
-        self._failures = 0
+        self._backoff.reset()
         log.info("batch %s: %d rows uploaded", payload.batch_id, len(ack.accepted))
         return Step(
             Outcome.SENT,
@@ -385,11 +386,8 @@ class Uploader:
         retry_after_s: float = 0.0,
         quarantined: int = 0,
     ) -> Step:
-        self._failures += 1
         error = error.replace(self._token, "<token>")  # a server may echo the header back
-        exponent = min(self._failures - 1, 32)
-        ceiling = min(self.config.backoff_cap_s, self.config.backoff_base_s * 2**exponent)
-        delay = max(self._rng.uniform(0, ceiling), retry_after_s)
+        delay = self._backoff.next_delay(at_least_s=retry_after_s)
         self._next_at = max(self._next_at, time.monotonic() + delay)
         log.warning(
             "upload of %d row(s) %s: %s; next try in %.1f s",

@@ -356,6 +356,11 @@ def test_endpoint_must_be_https_except_on_loopback(endpoint, ok):
             UploadConfig(endpoint=endpoint)
 
 
+def test_backoff_base_above_its_cap_is_a_config_error():
+    with pytest.raises(ValueError, match="backoff_base_s must not exceed backoff_cap_s"):
+        UploadConfig(backoff_base_s=10.0, backoff_cap_s=5.0)
+
+
 def test_bad_windows_are_config_errors():
     with pytest.raises(ValueError, match="HH:MM-HH:MM"):
         UploadConfig(windows=["25:00-06:00"])
