@@ -292,7 +292,7 @@ class Service:
             "queue_bytes": used,
             "queue_max_bytes": store.max_bytes,
             "queue_evicted_total": store.evicted,
-            "queue_disk_full_total": store.disk_full,
+            "queue_disk_full_total": store.disk.full_events,
             "queue_dropped_total": store.dropped,
             "published_messages_total": publisher.sent if publisher else 0,
             "resident_memory_bytes": resident_bytes(),

@@ -14,8 +14,9 @@ The wire protocol is docs/upload-protocol.md; retrofit_agent.fleet.ingest is its
   a whole fleet's queues. Rows the server rejects in its acknowledgement are quarantined at
   once. Other 4xx and certificate failures mean the device is misconfigured: nothing is
   quarantined.
-- Request bodies count against a daily byte budget (per UTC day, kept in the store so restarts
-  cannot reset it) and are paced to a maximum rate; batches start only inside upload windows.
+- Request bodies count against a daily byte budget (store.budget: per UTC day, in the queue's
+  database so restarts cannot reset it) and are paced to a maximum rate; batches start only
+  inside upload windows.
 
 `Uploader.run_once` is one step for a service loop; `Uploader.drain` is the loop itself.
 """
@@ -47,6 +48,7 @@ from retrofit_agent import __version__
 from retrofit_agent.common.backoff import Backoff
 from retrofit_agent.config import UploadConfig, Window
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
+from retrofit_agent.store.budget import UploadBudget
 from retrofit_agent.store.queue import QUARANTINED, UPLOADED, Store
 from retrofit_agent.transport.link import Link, describe, ssl_context
 from retrofit_agent.transport.protocol import PROTOCOL, Ack
@@ -215,6 +217,7 @@ class Uploader:
             raise ConfigError("upload.endpoint: not set (the ingest server's https:// URL)")
         self.config = config
         self.store = store
+        self.budget = UploadBudget(store.db, store.path)
         self._token = read_token(config.token_file)
         self._headers = {
             "Content-Type": "application/json",
@@ -313,7 +316,7 @@ class Uploader:
     def _budget_left(self, day: str) -> float:
         if self.config.max_bytes_per_day is None:
             return float("inf")
-        return self.config.max_bytes_per_day - self.store.upload_spent(day)
+        return self.config.max_bytes_per_day - self.budget.spent(day)
 
     def _fit(self, rows: list[tuple[int, dict[str, Any]]], budget_left: float) -> Payload | None:
         """The batch, halved until it fits batch_bytes (one row always goes) and the budget."""
@@ -325,7 +328,7 @@ class Uploader:
         return payload if len(payload.body) <= budget_left else None
 
     def _send(self, payload: Payload, day: str) -> Step:
-        self.store.add_upload_spent(day, len(payload.body))  # before: a crash cannot hide it
+        self.budget.add(day, len(payload.body))  # before: a crash cannot hide it
         started = time.monotonic()
         if self.config.max_bytes_per_s:
             self._next_at = started + len(payload.body) / self.config.max_bytes_per_s

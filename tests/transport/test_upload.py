@@ -27,6 +27,7 @@ from helpers.observations import add
 from retrofit_agent.config import UploadConfig
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
 from retrofit_agent.fleet.ingest import IngestDatabase, IngestServer
+from retrofit_agent.store.budget import UploadBudget
 from retrofit_agent.store.queue import PENDING, QUARANTINED, UPLOADED, Store
 from retrofit_agent.transport.upload import (
     MAX_RETRY_AFTER_S,
@@ -94,7 +95,8 @@ def test_happy_path_with_embeddings(queue, database, tmp_path):
     assert states(queue) == {PENDING: 0, UPLOADED: ROWS, QUARANTINED: 0}
     assert (stats.requests, stats.uploaded, stats.duplicates) == (5, ROWS, 0)
     assert stats.stopped == "empty"
-    assert stats.sent_bytes == queue.upload_spent(datetime.now(UTC).date().isoformat())
+    today = datetime.now(UTC).date().isoformat()
+    assert stats.sent_bytes == UploadBudget(queue.db, queue.path).spent(today)
     assert server.uploaded_without_ack == set()
     with contextlib.closing(sqlite3.connect(tmp_path / "ingest.db")) as conn:
         stored = dict(conn.execute("SELECT seq, embedding FROM observations"))
@@ -216,7 +218,7 @@ def test_budget_stops_uploads_and_resumes_the_next_day(queue, database, tmp_path
         while states(queue)[PENDING] and days < 30:
             up = Uploader(settings, queue, clock=lambda: now[0])
             stats = up.drain(once=True)
-            spent = queue.upload_spent(now[0].date().isoformat())
+            spent = UploadBudget(queue.db, queue.path).spent(now[0].date().isoformat())
             assert stats.sent_bytes == spent <= budget
             assert stats.stopped in ("budget", "empty") and stats.uploaded > 0
             if stats.stopped == "budget":  # a restart the same day does not reset the budget
