@@ -46,6 +46,7 @@ from pydantic import ValidationError
 
 from retrofit_agent import __version__
 from retrofit_agent.common.backoff import Backoff
+from retrofit_agent.common.logs import kv
 from retrofit_agent.config import UploadConfig, Window
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
 from retrofit_agent.store.budget import UploadBudget
@@ -308,7 +309,10 @@ class Uploader:
                 rows.append((seq, row))
             if broken:
                 self.store.set_state(broken, QUARANTINED)
-                log.warning("quarantined %d rows with broken JSON: seq %s", len(broken), broken)
+                log.warning(
+                    "quarantined rows with broken JSON",
+                    extra=kv(rows=len(broken), seqs=",".join(map(str, broken))),
+                )
             if rows:
                 return rows
         return []
@@ -337,10 +341,11 @@ class Uploader:
         except ssl.SSLCertVerificationError as exc:
             return self._failed(Outcome.REFUSED, payload, f"certificate: {exc.verify_message}")
         except (OSError, http.client.HTTPException) as exc:
-            return self._failed(Outcome.FAILED, payload, describe(exc, self.config.timeout_s))
+            error = self._redact(describe(exc, self.config.timeout_s))  # may quote the server
+            return self._failed(Outcome.FAILED, payload, error)
         if 200 <= status < 300:
             return self._acknowledged(payload, data)
-        error = f"HTTP {status}: {data[:200].decode(errors='replace')}"
+        error = self._redact(f"HTTP {status}: {data[:200].decode(errors='replace')}")
         if status in CONTENT_REFUSED:
             return self._content_refused(payload, error)
         if status in TRANSIENT or status >= 500:
@@ -352,14 +357,17 @@ class Uploader:
         try:
             ack = read_ack(data, payload)
         except ValueError as exc:
-            return self._failed(Outcome.FAILED, payload, f"unusable answer: {exc}")
+            return self._failed(Outcome.FAILED, payload, self._redact(f"unusable answer: {exc}"))
         rejected = [r.seq for r in ack.rejected]
         self.store.set_state(ack.accepted, UPLOADED)
         self.store.set_state(rejected, QUARANTINED)
         for row in ack.rejected:
-            log.warning("seq %d quarantined, the server rejected it: %s", row.seq, row.error)
+            log.warning(
+                "quarantined a row the server rejected",
+                extra=kv(seq=row.seq, error=self._redact(row.error)),
+            )
         self._backoff.reset()
-        log.info("batch %s: %d rows uploaded", payload.batch_id, len(ack.accepted))
+        log.info("batch uploaded", extra=kv(batch_id=payload.batch_id, rows=len(ack.accepted)))
         return Step(
             Outcome.SENT,
             self._wait(),
@@ -374,11 +382,16 @@ class Uploader:
         are accepted meanwhile keep the small size, so the search stays near the culprit."""
         if len(payload.seqs) > 1:
             self._batch_rows = len(payload.seqs) // 2
-            log.warning("%s; trying %d rows of the %d", error, self._batch_rows, len(payload.seqs))
+            log.warning(
+                "batch refused, trying half of it",
+                extra=kv(rows=len(payload.seqs), next_rows=self._batch_rows, error=error),
+            )
             return Step(Outcome.REJECTED, self._wait(), len(payload.body), error=error)
         self.store.set_state(payload.seqs, QUARANTINED)
         self._batch_rows = self.config.batch_rows
-        log.warning("seq %d quarantined, the server refused it: %s", payload.seqs[0], error)
+        log.warning(
+            "quarantined a row the server refused", extra=kv(seq=payload.seqs[0], error=error)
+        )
         return self._failed(Outcome.REJECTED, payload, error, quarantined=1)
 
     def _failed(
@@ -389,17 +402,17 @@ class Uploader:
         retry_after_s: float = 0.0,
         quarantined: int = 0,
     ) -> Step:
-        error = error.replace(self._token, "<token>")  # a server may echo the header back
         delay = self._backoff.next_delay(at_least_s=retry_after_s)
         self._next_at = max(self._next_at, time.monotonic() + delay)
         log.warning(
-            "upload of %d row(s) %s: %s; next try in %.1f s",
-            len(payload.seqs),
-            outcome,
-            error,
-            delay,
+            f"upload {outcome}",
+            extra=kv(rows=len(payload.seqs), error=error, next_try_in_s=delay),
         )
         return Step(outcome, self._wait(), len(payload.body), quarantined=quarantined, error=error)
+
+    def _redact(self, text: str) -> str:
+        """Server text as it may be logged: a server may echo the Authorization header back."""
+        return text.replace(self._token, "<token>")
 
     def _wait(self) -> float:
         return max(0.0, self._next_at - time.monotonic())
