@@ -47,6 +47,7 @@ from pydantic import ValidationError
 from retrofit_agent import __version__
 from retrofit_agent.common.backoff import Backoff
 from retrofit_agent.common.logs import kv
+from retrofit_agent.common.strict import first_error
 from retrofit_agent.config import UploadConfig, Window
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
 from retrofit_agent.store.budget import UploadBudget
@@ -138,7 +139,7 @@ def read_ack(data: bytes, payload: Payload) -> Ack:
     try:
         ack = Ack.model_validate_json(data)
     except ValidationError as exc:
-        raise ValueError(f"not an acknowledgement: {exc.errors()[0]['msg']}") from None
+        raise ValueError(f"not an acknowledgement: {first_error(exc, 'answer')}") from None
     if ack.batch_id != payload.batch_id:
         raise ValueError(f"acknowledges batch {ack.batch_id!r}, not {payload.batch_id!r}")
     named = set(ack.accepted) | {r.seq for r in ack.rejected}
