@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from retrofit_agent.bundle.labels import load_label_bank
+from retrofit_agent.bundle.labelset import load_label_set
 from retrofit_agent.bundle.manifest import LABELS, STUDENT_FP32, STUDENT_INT8, write_manifest
 from retrofit_agent.config import load_config
 from retrofit_agent.distill.config import RunConfig
 from retrofit_agent.distill.data import FrameCache, model_inputs
 from retrofit_agent.distill.evaluate import evaluate
 from retrofit_agent.distill.export import check_parity, export_onnx, write_report
-from retrofit_agent.distill.labelset import build_label_bank, load_label_set
+from retrofit_agent.distill.labelset import build_label_bank
 from retrofit_agent.distill.quantize import quantize
 from retrofit_agent.distill.student import describe_head, parameter_count
 from retrofit_agent.distill.teacher import Teacher

@@ -21,10 +21,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from retrofit_agent.bundle.labelset import load_label_set
 from retrofit_agent.common.files import replacing
 from retrofit_agent.distill.config import RunConfig
 from retrofit_agent.distill.data import Batches, FrameCache, collect_items, preprocessor_for
-from retrofit_agent.distill.labelset import load_label_set
 from retrofit_agent.distill.losses import DistillLoss
 from retrofit_agent.distill.student import Student
 from retrofit_agent.distill.teacher import Teacher

@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch", reason="needs the [distill] extra")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from helpers.distill import MINI, tiny_run  # noqa: E402
+from helpers.distill import tiny_run  # noqa: E402
+from helpers.labelsets import MINI  # noqa: E402
 
 from retrofit_agent.bundle.labels import load_label_bank  # noqa: E402
 from retrofit_agent.bundle.manifest import load_bundle  # noqa: E402

@@ -2,7 +2,8 @@
 
 The student is a random-weight conv net written with onnx.helper (conv/relu stages, global
 average pool, linear projection, L2 normalisation), quantized to INT8 (U8S8 QDQ) by
-onnxruntime's static quantizer. Its labels mean nothing; the plumbing around it is real.
+onnxruntime's static quantizer. Its labels (the label set tiny-labels.toml, with random text
+embeddings) mean nothing; the plumbing around it is real.
 
     python tests/bundle_factory.py DIR [--size 224] [--dim 512] [--calibrate IMAGES...]
 """
@@ -24,20 +25,13 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from retrofit_agent.bundle.labels import save_label_bank
+from retrofit_agent.bundle.labelset import load_label_set
 from retrofit_agent.bundle.manifest import STUDENT_FP32, STUDENT_INT8, write_manifest
 from retrofit_agent.frames.preprocess import Preprocessor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# group -> (kind, labels, threshold): exclusive thresholds are softmax probabilities,
-# multi thresholds cosine similarities.
-LABEL_SET = {
-    "time_of_day": ("exclusive", ["day", "dusk", "night"], 0.0),
-    "weather": ("exclusive", ["clear", "rain", "fog", "snow"], 0.0),
-    "road_users": ("multi", ["car", "truck", "pedestrian", "cyclist"], 0.05),
-}
+LABEL_SET = Path(__file__).with_name("tiny-labels.toml")
 
 
 def conv_net(size: int, dim: int, channels: Sequence[int], rng: np.random.Generator):
@@ -125,21 +119,9 @@ def build_bundle(
         per_channel=True,
     )
 
-    names, groups, thresholds = [], [], []
-    for group, (_, labels, threshold) in LABEL_SET.items():
-        names += labels
-        groups += [group] * len(labels)
-        thresholds += [threshold] * len(labels)
-    text = rng.normal(0, 1, (len(names), dim))
-    text /= np.linalg.norm(text, axis=1, keepdims=True)
-    save_label_bank(
-        path / "labels.npz",
-        names,
-        groups,
-        text,
-        thresholds,
-        {group: kind for group, (kind, _, _) in LABEL_SET.items()},
-    )
+    label_set = load_label_set(LABEL_SET)
+    text = rng.normal(0, 1, (len(label_set.entries()), dim))
+    label_set.save_bank(text / np.linalg.norm(text, axis=1, keepdims=True), path / "labels.npz")
 
     write_manifest(
         path,

@@ -32,17 +32,3 @@ def tiny_run(out_dir: Path, teacher, video: Path, **sections) -> RunConfig:
     for section, values in sections.items():
         data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     return RunConfig.model_validate(data)
-
-
-# A small label set (contract 2) for the label-bank tests.
-MINI = """
-templates = ["a photo of {}.", "a picture of {}."]
-[groups.weather]
-kind = "exclusive"
-labels = { clear = "clear weather", rain = ["rain", "a rainy day"] }
-[groups.users]
-kind = "multi"
-threshold = 0.2
-templates = ["{} on the road"]
-labels = { car = "a car", truck = { phrases = ["a truck"], threshold = 0.3 } }
-"""
