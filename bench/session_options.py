@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from model_speed import REPO, feed
 
+from retrofit_agent.distill.speed import feed
 from retrofit_agent.frames.embedder import session_options
+
+REPO = Path(__file__).resolve().parent.parent
 
 LEVELS = ort.GraphOptimizationLevel
 NO_SPIN = {"session.intra_op.allow_spinning": "0"}
