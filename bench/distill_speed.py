@@ -69,13 +69,13 @@ def main() -> None:
         "size": args.size,
         "batch_size": args.batch_size,
         "train_images_per_s": sum(steady) / len(steady),
-        "export_max_abs_diff": export["max_abs_diff"],
-        "quantize": report,
+        "export_max_abs_diff": export.max_abs_diff,
+        "quantize": report.model_dump(mode="json"),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(
         f"{args.backbone} @ {args.size}px: training {summary['train_images_per_s']:.1f} img/s "
-        f"(batch {args.batch_size}, CPU), export max abs diff {export['max_abs_diff']:.2e}"
+        f"(batch {args.batch_size}, CPU), export max abs diff {export.max_abs_diff:.2e}"
     )
     print(format_quantize(report))
 

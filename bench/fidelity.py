@@ -31,6 +31,13 @@ from retrofit_agent.distill.evaluate import evaluate
 from retrofit_agent.distill.export import export_onnx
 from retrofit_agent.distill.pipeline import run_all, trained_student
 from retrofit_agent.distill.quantize import build_variant, interleaved_latency_ms
+from retrofit_agent.distill.reports import (
+    EVAL_REPORT,
+    QUANTIZE_REPORT,
+    EvalReport,
+    QuantizeReport,
+    read_report,
+)
 from retrofit_agent.distill.student import describe_head
 from retrofit_agent.distill.teacher import Teacher
 
@@ -117,8 +124,8 @@ def distil(
     config = run_config(args, name, backbone, hidden, losses, steps)
     if not config.bundle_dir.exists():  # a finished run is reused when the benchmark reruns
         run_all(config, say=lambda step: print(f"[{name}] {step}", flush=True))
-    held_out = json.loads((config.out_dir / "eval.json").read_text())
-    quantized = json.loads((config.out_dir / "quantize.json").read_text())
+    held_out = read_report(config.out_dir / EVAL_REPORT, EvalReport)
+    quantized = read_report(config.out_dir / QUANTIZE_REPORT, QuantizeReport)
     student, spec = trained_student(config)
     seen = evaluate(
         args.work / "data" / "eval-seen",
@@ -129,7 +136,6 @@ def distil(
         config.out_dir / "student.int8.onnx",
         config.out_dir / "seen",
     )
-    selected = next(v for v in quantized["variants"] if v["mode"] == quantized["selected"])
     return {
         "name": name,
         "backbone": backbone,
@@ -137,13 +143,13 @@ def distil(
         "losses": dict(zip(("feature", "contrastive", "crossmodal"), losses, strict=True)),
         "steps": steps,
         "params": sum(p.numel() for p in student.parameters()),
-        "held_out_top1": held_out["top1"],
-        "seen_top1": seen["top1"],
-        "retention": held_out["retention"],
-        "int8_mode": quantized["selected"],
-        "fp32_ms": quantized["fp32_latency_ms"],
-        "int8_ms": selected["latency_ms"],
-        "int8_vs_fp32_cosine": selected["cosine_mean"],
+        "held_out_top1": held_out.top1.model_dump(),
+        "seen_top1": seen.top1.model_dump(),
+        "retention": held_out.retention.model_dump(),
+        "int8_mode": quantized.selected,
+        "fp32_ms": quantized.fp32_latency_ms,
+        "int8_ms": quantized.chosen.latency_ms,
+        "int8_vs_fp32_cosine": quantized.chosen.cosine_mean,
         "bundle": str(config.bundle_dir),
         "config": config,
     }

@@ -21,19 +21,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from retrofit_agent.bundle.manifest import (
-    LABELS,
-    STUDENT_FP32,
-    STUDENT_INT8,
-    load_bundle,
-    write_manifest,
-)
+from retrofit_agent.bundle.manifest import STUDENT_FP32, STUDENT_INT8, load_bundle
 from retrofit_agent.distill.speed import (
     CLIP,
     CLIP_MEAN,
@@ -44,6 +37,7 @@ from retrofit_agent.distill.speed import (
     make_report,
     matmul_peak,
     measure,
+    write_student_bundle,
 )
 from retrofit_agent.distill.speed_report import markdown, write_report
 
@@ -88,7 +82,7 @@ def quantized(fp32: Path, work: Path, modes: list[str], calibration: np.ndarray)
         _, failed = build_variants(fp32, work, calibration, config)
         (work / "prepared.onnx").unlink()
         for failure in failed:
-            print(f"{fp32}: {failure['mode']} left out: {failure['error']}", file=sys.stderr)
+            print(f"{fp32}: {failure.mode} left out: {failure.error}", file=sys.stderr)
     return {mode: work / f"{mode}.onnx" for mode in modes if (work / f"{mode}.onnx").is_file()}
 
 
@@ -162,36 +156,11 @@ def build_models(args: argparse.Namespace) -> list[Model]:
         fp32 = exported(cache, lambda b=backbone: student_module(b, dim))
         variants = quantized(fp32, cache, args.modes, frames)
         models += family_models(backbone, fp32, variants)
-        write_student_bundle(work / "bundles" / cache.name, backbone, fp32, variants, bundle)
+        calibration = f"{len(frames)} frames of {args.video.name}"
+        out = work / "bundles" / cache.name
+        write_student_bundle(out, backbone, STUDENT_SIZE, fp32, variants, calibration, bundle)
     fp32 = exported(work / CLIP, clip_module)
     return models + family_models(CLIP, fp32, quantized(fp32, work / CLIP, args.modes, frames))
-
-
-def write_student_bundle(out: Path, backbone: str, fp32: Path, variants: dict, bundle) -> None:
-    """A random-weight student as a model bundle (the given bundle's labels), for `bench`."""
-    mode = "qdq_u8s8" if "qdq_u8s8" in variants else next(iter(variants))
-    if out.is_dir():
-        return
-    out.mkdir(parents=True)
-    shutil.copyfile(fp32, out / STUDENT_FP32)
-    shutil.copyfile(variants[mode], out / STUDENT_INT8)
-    shutil.copyfile(bundle.labels_path, out / LABELS)
-    write_manifest(
-        out,
-        name=f"bench-{backbone}",
-        teacher={"kind": "none", "note": "random weights: the labels are meaningless"},
-        student={
-            "architecture": f"{backbone} + MLP head [1024]",
-            "built_by": "bench/model_speed.py",
-        },
-        size=STUDENT_SIZE,
-        resize={"shortest_side": STUDENT_SIZE, "interpolation": "bicubic"},
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
-        embedding_dim=bundle.manifest.embedding_dim,
-        logit_scale=bundle.manifest.logit_scale,
-        quantization={"mode": mode, "calibration": "frames of the benchmark video"},
-    )
 
 
 def main() -> None:

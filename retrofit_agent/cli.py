@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from retrofit_agent import __version__
+from retrofit_agent.bundle.sections import NoTeacher
 from retrofit_agent.common import logs
 from retrofit_agent.config import CaptureConfig, load_config
 from retrofit_agent.errors import RetrofitError
@@ -121,7 +122,7 @@ def dry_run(args: argparse.Namespace) -> int:
         capture = CaptureConfig(source=str(args.dry_run), realtime=args.realtime)
         runtime = stack.enter_context(Runtime(config, capture))
         pipeline = runtime.pipeline
-        if pipeline.bundle.manifest.teacher.get("kind") == "none":
+        if isinstance(pipeline.bundle.manifest.teacher, NoTeacher):
             print(
                 f"retrofit-agent: warning: model {pipeline.model_ref.name} has random weights, "
                 "its labels are meaningless (see models/README.md)",

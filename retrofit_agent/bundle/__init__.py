@@ -1,1 +1,2 @@
-"""The model bundle (contract 1) and its label bank (contract 2 as shipped), verified at load."""
+"""The model bundle (contract 1: manifest, writer, label bank) and the label set it is built from
+(contract 2); verified at load, readable without torch."""

@@ -1,62 +1,80 @@
-"""The model bundle (DESIGN.md contract 1): a directory with a manifest, the student and its labels.
+"""The model bundle (contract 1): a directory with a manifest, the student and its labels.
 
 The agent verifies every file's sha256 and every dimension before it opens a camera or a
 database, so a bundle damaged on the SD card or mixed from two builds is refused with an error
 that names the file and what differs, never run with silently wrong labels.
+
+The manifest is versioned. This agent writes schema_version 2 and reads 1 and 2: a version-1
+manifest is turned into a version-2 one by `upgrade_v1` (the only difference: version 1 named
+the quantization mode `format`), then validated like any other; any other version is refused.
+The sha256 a bundle is known by (`manifest_sha256`, in every observation) is that of the file
+as it lies on disk, upgraded or not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
 
-from retrofit_agent.common.files import atomic_write, sha256_file
-from retrofit_agent.common.strict import first_error
+from retrofit_agent.bundle.sections import (
+    Metrics,
+    Quantization,
+    Sha256,
+    StudentInfo,
+    TeacherIdentity,
+)
+from retrofit_agent.common.files import sha256_file
+from retrofit_agent.common.strict import StrictModel, first_error
 from retrofit_agent.errors import BundleError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS = (1, 2)  # the schema versions this agent reads
 MANIFEST = "manifest.json"
 STUDENT_INT8 = "student.int8.onnx"
 STUDENT_FP32 = "student.fp32.onnx"
 LABELS = "labels.npz"
+REQUIRED = (STUDENT_INT8, LABELS)
 
 
-class Resize(BaseModel):
+class Resize(StrictModel):
     """Shortest side resized to `shortest_side`, then a centre crop of the manifest's `size`."""
 
-    model_config = ConfigDict(extra="forbid")
-    shortest_side: int = Field(gt=0)
+    shortest_side: PositiveInt
     interpolation: Literal["bilinear", "bicubic", "area", "nearest"]
 
 
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Description(StrictModel):
+    """What a bundle holds: every manifest field but those its writer fills in (the schema
+    version, the creation time and the files with their sha256)."""
 
-    schema_version: int
     name: str = Field(min_length=1)
-    created_utc: datetime
-    teacher: dict[str, Any] = Field(description="open_clip architecture + pretrained, or sha256")
-    student: dict[str, Any] = Field(description="architecture and parameter count")
-    size: int = Field(gt=0, description="square input side in pixels")
+    teacher: TeacherIdentity
+    student: StudentInfo
+    size: PositiveInt = Field(description="square input side in pixels")
     resize: Resize
     mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    embedding_dim: int = Field(gt=0)
-    logit_scale: float = Field(gt=0)
-    quantization: dict[str, Any]
-    files: dict[str, str] = Field(description="file name -> sha256 hex")
-    metrics: dict[str, Any] = {}
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+    embedding_dim: PositiveInt
+    logit_scale: PositiveFloat
+    quantization: Quantization
+    metrics: Metrics | None = Field(None, description="None: nothing measured (random weights)")
 
 
-class Bundle(BaseModel):
+class Manifest(Description):
+    """manifest.json, schema version 2."""
+
+    schema_version: Literal[2]
+    created_utc: datetime
+    files: dict[str, Sha256] = Field(description="file name -> sha256 hex")
+
+
+class Bundle(StrictModel):
     """A verified bundle: its directory, manifest and the sha256 of the manifest itself."""
-
-    model_config = ConfigDict(frozen=True)
 
     path: Path
     manifest: Manifest
@@ -71,6 +89,45 @@ class Bundle(BaseModel):
         return self.path / LABELS
 
 
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest as version 2: `quantization.format` is now `quantization.mode`.
+
+    Nothing else changed; what version 1 left free-form (teacher, student, quantization,
+    metrics) is validated by the version-2 model, so a field it cannot vouch for is an error.
+    """
+    upgraded = {**data, "schema_version": 2}
+    quantization = data.get("quantization")
+    if isinstance(quantization, dict):
+        upgraded["quantization"] = {
+            ("mode" if key == "format" else key): value for key, value in quantization.items()
+        }
+    return upgraded
+
+
+def parse_manifest(raw: bytes, where: Path) -> Manifest:
+    """A manifest from its bytes, upgraded to the current version; BundleError naming `where`
+    and the key otherwise."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: not a JSON object")
+    version = data.get("schema_version")
+    if "schema_version" in data and not (type(version) is int and version in READS):
+        raise BundleError(
+            f"{where}: schema_version: {version!r} is not supported "
+            f"(this agent reads {' and '.join(map(str, READS))})"
+        )
+    if version == 1:
+        data = upgrade_v1(data)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        upgraded = " (upgraded from schema_version 1)" if version == 1 else ""
+        raise BundleError(f"{where}: {first_error(exc)}{upgraded}") from None
+
+
 def load_bundle(path: Path) -> Bundle:
     """Read and verify a bundle's manifest and file hashes (dimensions are checked on load)."""
     path = Path(path)
@@ -79,17 +136,10 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path}: model bundle directory not found")
     try:
         raw = manifest_path.read_bytes()
-        manifest = Manifest.model_validate_json(raw)
     except FileNotFoundError:
         raise BundleError(f"{manifest_path}: missing") from None
-    except ValidationError as exc:
-        raise BundleError(f"{manifest_path}: {first_error(exc)}") from None
-    if manifest.schema_version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{manifest_path}: schema_version {manifest.schema_version} is not supported "
-            f"(this agent reads {SCHEMA_VERSION})"
-        )
-    for required in (STUDENT_INT8, LABELS):
+    manifest = parse_manifest(raw, manifest_path)
+    for required in REQUIRED:
         if required not in manifest.files:
             raise BundleError(f"{manifest_path}: files has no entry for {required}")
     for name, expected in manifest.files.items():
@@ -102,15 +152,3 @@ def load_bundle(path: Path) -> Bundle:
                 f"{file}: sha256 {actual[:12]}... does not match {MANIFEST} ({expected[:12]}...)"
             )
     return Bundle(path=path, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
-
-
-def write_manifest(path: Path, **fields: Any) -> Manifest:
-    """Hash every file in the bundle directory and write manifest.json atomically."""
-    path = Path(path)
-    files = {
-        f.name: sha256_file(f) for f in sorted(path.iterdir()) if f.is_file() and f.name != MANIFEST
-    }
-    fields.setdefault("created_utc", datetime.now(UTC))
-    manifest = Manifest(schema_version=SCHEMA_VERSION, files=files, **fields)
-    atomic_write(path / MANIFEST, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    return manifest

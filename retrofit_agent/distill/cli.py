@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from retrofit_agent.distill.reports import QuantizeReport
 from retrofit_agent.errors import RetrofitError
 
 COMMANDS = {
@@ -127,31 +128,29 @@ def run(args: argparse.Namespace, config, pipeline) -> None:
         print(f"checkpoint: {out / pipeline.CHECKPOINT}")
     elif args.command == "export":
         report = pipeline.run_export(config)
-        print(f"{out / 'student.fp32.onnx'}: max abs diff to torch {report['max_abs_diff']:.2e}")
+        print(f"{out / 'student.fp32.onnx'}: max abs diff to torch {report.max_abs_diff:.2e}")
     elif args.command == "labels":
         print(pipeline.run_labels(config, pipeline.Teacher(config.teacher)))
     elif args.command == "quantize":
         print(format_quantize(pipeline.run_quantize(config)))
     elif args.command == "eval":
         report = pipeline.run_eval(config, pipeline.Teacher(config.teacher))
-        print(json.dumps({"top1": report["top1"], "retention": report["retention"]}, indent=2))
+        print(report.model_dump_json(include={"top1", "retention"}, indent=2))
     else:
         pipeline.run_all(config, force=args.force)
 
 
-def format_quantize(report: dict) -> str:
+def format_quantize(report: QuantizeReport) -> str:
     lines = [
         f"{'mode':<16}{'ms':>8}{'x fp32':>8}{'cosine':>9}{'min':>8}{'top1 agree':>12}",
-        f"{'fp32':<16}{report['fp32_latency_ms']:>8.2f}{1:>8.2f}",
+        f"{'fp32':<16}{report.fp32_latency_ms:>8.2f}{1:>8.2f}",
     ]
-    for v in report["variants"]:
-        if "error" in v:
-            lines.append(f"{v['mode']:<16}failed: {v['error']}")
-            continue
-        agree = "-" if v["top1_agreement"] is None else f"{v['top1_agreement']:.3f}"
+    for v in report.variants:
+        agree = "-" if v.top1_agreement is None else f"{v.top1_agreement:.3f}"
         lines.append(
-            f"{v['mode']:<16}{v['latency_ms']:>8.2f}{v['speedup_vs_fp32']:>8.2f}"
-            f"{v['cosine_mean']:>9.4f}{v['cosine_min']:>8.4f}{agree:>12}"
+            f"{v.mode:<16}{v.latency_ms:>8.2f}{v.speedup_vs_fp32:>8.2f}"
+            f"{v.cosine_mean:>9.4f}{v.cosine_min:>8.4f}{agree:>12}"
         )
-    lines.append(f"selected {report['selected']}: {report['reason']}")
+    lines += [f"{f.mode:<16}failed: {f.error}" for f in report.failed]
+    lines.append(f"selected {report.selected}: {report.reason}")
     return "\n".join(lines)

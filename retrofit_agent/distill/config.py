@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from retrofit_agent.bundle.sections import QuantMode
 from retrofit_agent.common.settings import load_validated
 from retrofit_agent.common.strict import StrictModel
 
@@ -106,7 +107,7 @@ class ExportConfig(StrictModel):
     max_abs_diff: PositiveFloat = 1e-4
 
 
-QuantMode = Literal["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8", "dynamic_u8"]
+Calibration = Literal["minmax", "entropy", "percentile"]  # onnxruntime's calibration methods
 
 
 class QuantizeConfig(StrictModel):
@@ -114,7 +115,7 @@ class QuantizeConfig(StrictModel):
 
     modes: list[QuantMode] = Field(["qdq_u8s8", "qdq_s8s8", "qoperator_u8s8"])
     calibration_frames: PositiveInt = 64
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: Calibration = "minmax"
     per_channel: bool = True
     exclude_op_types: list[str] = Field([], description="left in FP32, e.g. ['Sigmoid', 'Mul']")
     exclude_nodes: list[str] = Field([], description="node names left in FP32")

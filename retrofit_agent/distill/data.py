@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from retrofit_agent.distill.config import DataConfig
+from retrofit_agent.distill.spec import StudentSpec
 from retrofit_agent.errors import ConfigError, SourceError
 from retrofit_agent.frames.capture import IMAGE_SUFFIXES
 from retrofit_agent.frames.preprocess import Preprocessor
@@ -153,16 +154,9 @@ class FrameCache:
         return cls(directory)
 
 
-def preprocessor_for(spec: dict[str, Any]) -> Preprocessor:
-    """The agent's preprocessing for a student spec (see train.student_spec)."""
-    return Preprocessor(
-        spec["image_size"], spec["shortest_side"], spec["interpolation"], spec["mean"], spec["std"]
-    )
-
-
-def model_inputs(cache: FrameCache, spec: dict[str, Any], count: int) -> np.ndarray:
+def model_inputs(cache: FrameCache, spec: StudentSpec, count: int) -> np.ndarray:
     """`count` cached crops, evenly spaced, normalised as the agent does: [n, 3, S, S] float32."""
-    preprocessor = preprocessor_for(spec)
+    preprocessor = spec.preprocessor()
     indices = np.linspace(0, len(cache) - 1, min(count, len(cache))).round().astype(int)
     return np.concatenate([preprocessor.normalize(cache.crops[i]).copy() for i in indices])
 

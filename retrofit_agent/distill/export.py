@@ -6,14 +6,13 @@ cached frames: the largest absolute difference is reported and must stay under a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from retrofit_agent.distill.reports import ExportReport
 from retrofit_agent.distill.student import Student
 from retrofit_agent.errors import BundleError
 from retrofit_agent.frames.embedder import INPUT_NAME, OUTPUT_NAME, session_options
@@ -49,17 +48,12 @@ def onnx_embeddings(path: Path, inputs: np.ndarray, threads: int = 1) -> np.ndar
     )
 
 
-def check_parity(student: Student, path: Path, inputs: np.ndarray, bound: float) -> dict[str, Any]:
+def check_parity(student: Student, path: Path, inputs: np.ndarray, bound: float) -> ExportReport:
     """Torch and onnxruntime embeddings of the same inputs; raises if they differ by > bound."""
     with torch.no_grad():
         expected = student.eval()(torch.from_numpy(inputs)).numpy()
     actual = onnx_embeddings(path, inputs)
     diff = float(np.abs(expected - actual).max())
-    report = {"frames": len(inputs), "max_abs_diff": diff, "bound": bound}
     if diff > bound:
         raise BundleError(f"{path}: ONNX differs from torch by {diff:.2e} (bound {bound:.0e})")
-    return report
-
-
-def write_report(path: Path, report: dict[str, Any]) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    return ExportReport(frames=len(inputs), max_abs_diff=diff, bound=bound)

@@ -14,55 +14,63 @@ written last, and the agent's own loader verifies it before `all` reports succes
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from retrofit_agent.bundle import writer
 from retrofit_agent.bundle.labels import load_label_bank
 from retrofit_agent.bundle.labelset import load_label_set
-from retrofit_agent.bundle.manifest import LABELS, STUDENT_FP32, STUDENT_INT8, write_manifest
+from retrofit_agent.bundle.manifest import LABELS, STUDENT_FP32, STUDENT_INT8, Description
+from retrofit_agent.bundle.sections import Metrics, StudentInfo
 from retrofit_agent.config import load_config
 from retrofit_agent.distill.config import RunConfig
 from retrofit_agent.distill.data import FrameCache, model_inputs
 from retrofit_agent.distill.evaluate import evaluate
-from retrofit_agent.distill.export import check_parity, export_onnx, write_report
+from retrofit_agent.distill.export import check_parity, export_onnx
 from retrofit_agent.distill.labelset import build_label_bank
 from retrofit_agent.distill.quantize import quantize
-from retrofit_agent.distill.student import describe_head, parameter_count
+from retrofit_agent.distill.reports import (
+    EVAL_REPORT,
+    EXPORT_REPORT,
+    QUANTIZE_REPORT,
+    EvalReport,
+    ExportReport,
+    QuantizeReport,
+    read_report,
+    write_report,
+)
+from retrofit_agent.distill.spec import StudentSpec
+from retrofit_agent.distill.student import Student, describe_head, parameter_count
 from retrofit_agent.distill.teacher import Teacher
 from retrofit_agent.distill.train import CHECKPOINT, build_student, load_checkpoint, train
 from retrofit_agent.errors import ConfigError
 from retrofit_agent.frames.pipeline import Pipeline
 
-EXPORT_REPORT = "export.json"
-QUANTIZE_REPORT = "quantize.json"
-EVAL_REPORT = "eval.json"
 
-
-def trained_student(config: RunConfig):
+def trained_student(config: RunConfig) -> tuple[Student, StudentSpec]:
     """The student of the run's checkpoint, in eval mode, and its spec."""
     state = load_checkpoint(config.out_dir / CHECKPOINT)
-    student = build_student(state["spec"])
-    student.load_state_dict(state["student"])
-    return student.eval(), state["spec"]
+    student = build_student(state.spec)
+    student.load_state_dict(state.student)
+    return student.eval(), state.spec
 
 
 def run_train(config: RunConfig) -> bool:
     """Train, or finish an interrupted training; False when the checkpoint was complete."""
     checkpoint = config.out_dir / CHECKPOINT
     resume = checkpoint.is_file()
-    if resume and load_checkpoint(checkpoint)["step"] >= config.train.steps:
+    if resume and load_checkpoint(checkpoint).step >= config.train.steps:
         return False
     train(config, resume=resume)
     return True
 
 
-def run_export(config: RunConfig) -> dict[str, Any]:
+def run_export(config: RunConfig) -> ExportReport:
     student, spec = trained_student(config)
     fp32 = config.out_dir / STUDENT_FP32
-    export_onnx(student, spec["image_size"], fp32, config.export.opset)
+    export_onnx(student, spec.image_size, fp32, config.export.opset)
     inputs = model_inputs(FrameCache(config.cache_dir), spec, config.export.parity_frames)
     report = check_parity(student, fp32, inputs, config.export.max_abs_diff)
     write_report(config.out_dir / EXPORT_REPORT, report)
@@ -77,7 +85,7 @@ def run_labels(config: RunConfig, teacher: Teacher) -> Path:
     return path
 
 
-def run_quantize(config: RunConfig) -> dict[str, Any]:
+def run_quantize(config: RunConfig) -> QuantizeReport:
     _, spec = trained_student(config)
     cache = FrameCache(config.cache_dir)
     labels = config.out_dir / LABELS
@@ -93,7 +101,7 @@ def run_quantize(config: RunConfig) -> dict[str, Any]:
     return report
 
 
-def run_eval(config: RunConfig, teacher: Teacher) -> dict[str, Any]:
+def run_eval(config: RunConfig, teacher: Teacher) -> EvalReport:
     if config.eval.folder is None:
         raise ConfigError("eval.folder: not set (a folder with one sub-folder per class)")
     _, spec = trained_student(config)
@@ -109,67 +117,52 @@ def run_eval(config: RunConfig, teacher: Teacher) -> dict[str, Any]:
     )
 
 
-def write_bundle(config: RunConfig, force: bool = False) -> Path:
-    """Copy the run's outputs into the bundle directory with a manifest, then verify it."""
-    bundle = config.bundle_dir
-    if bundle.exists():
-        if not force:
-            raise ConfigError(f"{bundle}: bundle directory exists (use --force to replace it)")
-        shutil.rmtree(bundle)
+def description(config: RunConfig) -> Description:
+    """The bundle's manifest fields, from the run's checkpoint and reports."""
     out = config.out_dir
     student, spec = trained_student(config)
-    quantized = _read_json(out / QUANTIZE_REPORT)
-    selected = next(v for v in quantized["variants"] if v["mode"] == quantized["selected"])
-    metrics: dict[str, Any] = {
-        "export_max_abs_diff": _read_json(out / EXPORT_REPORT)["max_abs_diff"],
-        "int8_vs_fp32_cosine": selected["cosine_mean"],
-        "int8_top1_label_agreement": selected["top1_agreement"],
-    }
+    quantized = read_report(out / QUANTIZE_REPORT, QuantizeReport)
+    evaluation = None
     if (out / EVAL_REPORT).is_file():
-        report = _read_json(out / EVAL_REPORT)
-        metrics["eval"] = {
-            k: report[k] for k in ("folder", "images", "chance", "top1", "retention", "cosine")
-        }
-    bundle.mkdir(parents=True)
-    for name in (STUDENT_INT8, STUDENT_FP32, LABELS):
-        shutil.copyfile(out / name, bundle / name)
-    write_manifest(
-        bundle,
+        evaluation = read_report(out / EVAL_REPORT, EvalReport).summary()
+    return Description(
         name=config.bundle.name,
-        teacher=spec["teacher"],
-        student={
-            "architecture": f"{spec['backbone']} + {describe_head(spec['hidden'])} head "
-            f"-> {spec['dim']}",
-            "backbone": spec["backbone"],
-            "head_hidden": spec["hidden"],
-            "params": parameter_count(student),
-        },
-        size=spec["image_size"],
-        resize={"shortest_side": spec["shortest_side"], "interpolation": spec["interpolation"]},
-        mean=spec["mean"],
-        std=spec["std"],
-        embedding_dim=spec["dim"],
-        logit_scale=spec["teacher_logit_scale"],
-        quantization={
-            "format": quantized["selected"],
-            "per_channel": quantized["per_channel"],
-            "calibration": f"{quantized['calibration_frames']} training frames, "
-            f"{quantized['method']}",
-            "excluded_op_types": quantized["excluded_op_types"],
-            "excluded_nodes": quantized["excluded_nodes"],
-            "selected_because": quantized["reason"],
-            "latency_ms": {"fp32": quantized["fp32_latency_ms"], "int8": selected["latency_ms"]},
-        },
-        metrics=metrics,
+        teacher=spec.teacher,
+        student=StudentInfo(
+            architecture=f"{spec.backbone} + {describe_head(spec.hidden)} head -> {spec.dim}",
+            backbone=spec.backbone,
+            head_hidden=spec.hidden,
+            params=parameter_count(student),
+        ),
+        size=spec.image_size,
+        resize=spec.resize,
+        mean=spec.mean,
+        std=spec.std,
+        embedding_dim=spec.dim,
+        logit_scale=spec.teacher_logit_scale,
+        quantization=quantized.section(),
+        metrics=Metrics(
+            export_max_abs_diff=read_report(out / EXPORT_REPORT, ExportReport).max_abs_diff,
+            int8_vs_fp32_cosine=quantized.chosen.cosine_mean,
+            int8_top1_label_agreement=quantized.chosen.top1_agreement,
+            eval=evaluation,
+        ),
     )
+
+
+def write_bundle(config: RunConfig, force: bool = False) -> Path:
+    """Copy the run's outputs into the bundle directory with a manifest, then verify it with
+    the agent's loader and its frame path (which also checks every dimension)."""
+    bundle = config.bundle_dir
+    if bundle.exists() and not force:
+        raise ConfigError(f"{bundle}: bundle directory exists (use --force to replace it)")
+    fields = description(config)  # before the old bundle goes: every report is there and valid
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    files = {name: config.out_dir / name for name in (STUDENT_INT8, STUDENT_FP32, LABELS)}
+    writer.write_bundle(bundle, fields, files)
     Pipeline(load_config(None, environ={}, overrides={"model": bundle}))  # the agent accepts it
     return bundle
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing (run the step that writes it first)")
-    return json.loads(path.read_text())
 
 
 def run_all(config: RunConfig, force: bool = False, say: Callable[[str], None] = print) -> Path:

@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -31,8 +30,10 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from retrofit_agent.bundle.labels import LabelBank
+from retrofit_agent.bundle.sections import QuantMode
 from retrofit_agent.distill.config import QuantizeConfig
 from retrofit_agent.distill.export import onnx_embeddings, ort_session
+from retrofit_agent.distill.reports import FailedVariant, QuantizeReport, Variant
 from retrofit_agent.errors import BundleError, one_line
 from retrofit_agent.frames.embedder import INPUT_NAME, OUTPUT_NAME
 
@@ -70,7 +71,7 @@ def excluded_nodes(model_path: Path, op_types: Sequence[str], names: Sequence[st
 
 
 def build_variant(
-    prepared: Path, out: Path, mode: str, calibration: np.ndarray, config: QuantizeConfig
+    prepared: Path, out: Path, mode: QuantMode, calibration: np.ndarray, config: QuantizeConfig
 ) -> None:
     quant_format, activations, weights = MODES[mode]
     exclude = excluded_nodes(prepared, config.exclude_op_types, config.exclude_nodes)
@@ -98,7 +99,7 @@ def build_variant(
 
 def build_variants(
     fp32: Path, work: Path, calibration: np.ndarray, config: QuantizeConfig
-) -> tuple[dict[str, Path], list[dict[str, Any]]]:
+) -> tuple[dict[QuantMode, Path], list[FailedVariant]]:
     """Every mode of `config.modes` as `work/<mode>.onnx`, from one shape-inferred FP32 graph,
     and the modes that failed (with the error); BundleError if all did."""
     prepared = work / "prepared.onnx"
@@ -112,7 +113,7 @@ def build_variants(
             build_variant(prepared, work / f"{mode}.onnx", mode, calibration, config)
             variants[mode] = work / f"{mode}.onnx"
         except Exception as exc:  # the quantizer fails on some graphs; other modes may not
-            failed.append({"mode": mode, "error": one_line(exc), "meets_bar": False})
+            failed.append(FailedVariant(mode=mode, error=one_line(exc)))
     if not variants:
         raise BundleError(f"every quantization mode failed: {failed}")
     return variants, failed
@@ -160,7 +161,7 @@ def quantize(
     fidelity_inputs: np.ndarray,
     config: QuantizeConfig,
     bank: LabelBank | None = None,
-) -> dict[str, Any]:
+) -> QuantizeReport:
     """Build every mode, measure it, copy the selected one to `out`; returns the report."""
     with tempfile.TemporaryDirectory(prefix="retrofit-quantize-") as tmp:
         variants, failed = build_variants(fp32, Path(tmp), calibration, config)
@@ -173,51 +174,51 @@ def quantize(
             emb = onnx_embeddings(path, fidelity_inputs, config.threads)
             cosine = (emb * reference).sum(axis=1)
             rows.append(
-                {
-                    "mode": mode,
-                    "latency_ms": latency[mode],
-                    "speedup_vs_fp32": latency["fp32"] / latency[mode],
-                    "cosine_mean": float(cosine.mean()),
-                    "cosine_min": float(cosine.min()),
-                    "top1_agreement": top1_agreement(emb, reference, bank),
-                    "size_bytes": path.stat().st_size,
-                    "meets_bar": bool(cosine.mean() >= config.min_cosine),
-                }
+                Variant(
+                    mode=mode,
+                    latency_ms=latency[mode],
+                    speedup_vs_fp32=latency["fp32"] / latency[mode],
+                    cosine_mean=float(cosine.mean()),
+                    cosine_min=float(cosine.min()),
+                    top1_agreement=top1_agreement(emb, reference, bank),
+                    size_bytes=path.stat().st_size,
+                    meets_bar=bool(cosine.mean() >= config.min_cosine),
+                )
             )
         selected, reason = _select(rows, config)
-        rows += failed
-        shutil.copyfile(variants[selected["mode"]], out)
-    return {
-        "fp32_latency_ms": latency["fp32"],
-        "fp32_size_bytes": fp32.stat().st_size,
-        "threads": config.threads,
-        "calibration_frames": len(calibration),
-        "fidelity_frames": len(fidelity_inputs),
-        "method": config.method,
-        "per_channel": config.per_channel,
-        "excluded_op_types": config.exclude_op_types,
-        "excluded_nodes": config.exclude_nodes,
-        "min_cosine": config.min_cosine,
-        "variants": rows,
-        "selected": selected["mode"],
-        "reason": reason,
-    }
+        shutil.copyfile(variants[selected.mode], out)
+    return QuantizeReport(
+        fp32_latency_ms=latency["fp32"],
+        fp32_size_bytes=fp32.stat().st_size,
+        threads=config.threads,
+        calibration_frames=len(calibration),
+        fidelity_frames=len(fidelity_inputs),
+        method=config.method,
+        per_channel=config.per_channel,
+        excluded_op_types=config.exclude_op_types,
+        excluded_nodes=config.exclude_nodes,
+        min_cosine=config.min_cosine,
+        variants=rows,
+        failed=failed,
+        selected=selected.mode,
+        reason=reason,
+    )
 
 
-def _select(rows: list[dict[str, Any]], config: QuantizeConfig) -> tuple[dict[str, Any], str]:
-    passing = [r for r in rows if r["meets_bar"]]
+def _select(rows: list[Variant], config: QuantizeConfig) -> tuple[Variant, str]:
+    passing = [r for r in rows if r.meets_bar]
     if passing:
-        best = min(passing, key=lambda r: r["latency_ms"])
+        best = min(passing, key=lambda r: r.latency_ms)
         return best, (
             f"fastest of {len(passing)} mode(s) with mean cosine >= {config.min_cosine} "
-            f"({best['latency_ms']:.2f} ms, {best['speedup_vs_fp32']:.2f}x FP32, "
-            f"cosine {best['cosine_mean']:.4f})"
+            f"({best.latency_ms:.2f} ms, {best.speedup_vs_fp32:.2f}x FP32, "
+            f"cosine {best.cosine_mean:.4f})"
         )
-    summary = ", ".join(f"{r['mode']} {r['cosine_mean']:.4f}" for r in rows)
+    summary = ", ".join(f"{r.mode} {r.cosine_mean:.4f}" for r in rows)
     if config.fallback == "fail":
         raise BundleError(
             f"no INT8 mode reaches mean cosine {config.min_cosine} against FP32 ({summary}); "
             "exclude op types or nodes (quantize.exclude_op_types), or set fallback = 'best'"
         )
-    best = max(rows, key=lambda r: r["cosine_mean"])
+    best = max(rows, key=lambda r: r.cosine_mean)
     return best, f"no mode met cosine {config.min_cosine} ({summary}); fallback: most faithful"

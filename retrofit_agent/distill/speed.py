@@ -8,7 +8,8 @@ every model at every thread count in a fresh random order, so drift on a shared 
 (other users, throttling) spreads over all models alike. Per model and thread count: median
 and p90 latency, FPS, achieved GFLOP/s (2 x the multiply-adds of the Conv, MatMul and Gemm
 nodes, over the median) against a matmul peak timed the same way (an onnxruntime MatMul in
-FP32 and a U8S8 MatMulInteger), and the speed ratios over the CLIP tower.
+FP32 and a U8S8 MatMulInteger), and the speed ratios over the CLIP tower. The benchmark's
+students are also written as bundles (`write_student_bundle`) for `retrofit-agent bench`.
 
 Offline (it needs onnx); the report's text and plot are in speed_report.
 """
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +34,17 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from retrofit_agent.bundle.manifest import (
+    LABELS,
+    STUDENT_FP32,
+    STUDENT_INT8,
+    Bundle,
+    Description,
+    Resize,
+)
+from retrofit_agent.bundle.sections import NoTeacher, Quantization, QuantMode, StudentInfo
+from retrofit_agent.bundle.writer import write_bundle
+from retrofit_agent.distill.config import QuantizeConfig
 from retrofit_agent.frames.embedder import session_options
 
 CLIP = "clip_vit_b32"
@@ -45,6 +58,7 @@ PAUSE_S = 0.02  # between turns: the previous worker's spinning threads go to sl
 # op type -> input index of the weight whose dims are the inner (reduced) ones
 CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 MATMUL_OPS = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "Gemm": 1}
+STUDENT_MODE: QuantMode = "qdq_u8s8"  # the speed students' bundles ship this mode if built
 
 
 @dataclass
@@ -130,6 +144,47 @@ def matmul_peak(path: Path, int8: bool, size: int) -> Model:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     precision = "int8" if int8 else "fp32"
     return Model("matmul_peak", f"{precision}_{size}", path, 2 * size**3, precision)
+
+
+# --- the speed students as bundles -----------------------------------------------------------
+
+
+def write_student_bundle(
+    out: Path,
+    backbone: str,
+    size: int,
+    fp32: Path,
+    variants: dict[QuantMode, Path],
+    calibration: str,
+    labels_of: Bundle,
+) -> Bundle:
+    """A random-weight student (`backbone` + MLP head [1024] at `size` px) as a model bundle
+    with the label bank of `labels_of`, for `retrofit-agent bench --model`; replaces `out`.
+    `variants` were built with the quantizer's default settings (QuantizeConfig())."""
+    mode = STUDENT_MODE if STUDENT_MODE in variants else next(iter(variants))
+    description = Description(
+        name=f"bench-{backbone}",
+        teacher=NoTeacher(),
+        student=StudentInfo(
+            architecture=f"{backbone} + MLP [1024] head -> {labels_of.manifest.embedding_dim}",
+            backbone=backbone,
+            head_hidden=[1024],
+            built_by="bench/model_speed.py",
+        ),
+        size=size,
+        resize=Resize(shortest_side=size, interpolation="bicubic"),
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        embedding_dim=labels_of.manifest.embedding_dim,
+        logit_scale=labels_of.manifest.logit_scale,
+        quantization=Quantization(
+            mode=mode, per_channel=QuantizeConfig().per_channel, calibration=calibration
+        ),
+    )
+    files = {STUDENT_FP32: fp32, STUDENT_INT8: variants[mode], LABELS: labels_of.labels_path}
+    if out.is_dir():
+        shutil.rmtree(out)
+    return write_bundle(out, description, files)
 
 
 # --- timing: one worker process per model ----------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
+from retrofit_agent.bundle.sections import OpenClipTeacher
 from retrofit_agent.common.files import sha256_file
 from retrofit_agent.distill.config import TeacherConfig
 from retrofit_agent.errors import ConfigError, one_line
@@ -29,7 +30,6 @@ MODEL_CONFIGS = Path(__file__).with_name("model_configs")
 class Teacher:
     def __init__(self, config: TeacherConfig, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        self.identity = teacher_identity(config)
         if config.config_json is not None:
             if not config.config_json.is_file():
                 raise ConfigError(f"teacher.config_json: {config.config_json}: no such file")
@@ -44,6 +44,7 @@ class Teacher:
             if not config.checkpoint.is_file():
                 raise ConfigError(f"teacher.checkpoint: {config.checkpoint}: no such file")
             weights = str(config.checkpoint)
+        self.identity = teacher_identity(config)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 config.architecture, pretrained=weights, device=self.device
@@ -75,16 +76,15 @@ class Teacher:
         return self.model.encode_text(tokens, normalize=True).float()
 
 
-def teacher_identity(config: TeacherConfig) -> dict[str, Any]:
-    """What the manifest records: the name + tag, or the checkpoint's sha256."""
-    identity: dict[str, Any] = {"kind": "open_clip", "architecture": config.architecture}
-    if config.checkpoint is not None and config.checkpoint.is_file():
-        identity["checkpoint_sha256"] = sha256_file(config.checkpoint)
-    else:
-        identity["pretrained"] = config.pretrained
-    if config.config_json is not None and config.config_json.is_file():
-        identity["config_json_sha256"] = sha256_file(config.config_json)
-    return identity
+def teacher_identity(config: TeacherConfig) -> OpenClipTeacher:
+    """What the manifest records: the name + tag, or the sha256 of the checkpoint (and of the
+    model config) it was loaded from; the files exist (Teacher checks them first)."""
+    return OpenClipTeacher(
+        architecture=config.architecture,
+        pretrained=config.pretrained,  # None with a checkpoint (TeacherConfig sees to it)
+        checkpoint_sha256=None if config.checkpoint is None else sha256_file(config.checkpoint),
+        config_json_sha256=None if config.config_json is None else sha256_file(config.config_json),
+    )
 
 
 def model_config(name: str) -> dict[str, Any]:

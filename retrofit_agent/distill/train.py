@@ -13,25 +13,43 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from pydantic import ValidationError
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from retrofit_agent.bundle.labelset import load_label_set
 from retrofit_agent.common.files import replacing
+from retrofit_agent.common.strict import first_error
 from retrofit_agent.distill.config import RunConfig
-from retrofit_agent.distill.data import Batches, FrameCache, collect_items, preprocessor_for
+from retrofit_agent.distill.data import Batches, FrameCache, collect_items
 from retrofit_agent.distill.losses import DistillLoss
+from retrofit_agent.distill.spec import StudentSpec
 from retrofit_agent.distill.student import Student
 from retrofit_agent.distill.teacher import Teacher
 from retrofit_agent.errors import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
+# what a run must share with a checkpoint to resume it
+RESUMABLE = ("backbone", "dim", "hidden", "image_size")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """checkpoint.pt: the training state after `step` steps and the spec of its student."""
+
+    step: int
+    spec: StudentSpec
+    student: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] | None
 
 
 def cosine_lr(step: int, steps: int, warmup: int, lr: float, min_lr: float) -> float:
@@ -47,22 +65,21 @@ def lr_at(step: int, config: RunConfig) -> float:
     return cosine_lr(step, t.steps, t.warmup_steps, t.lr, t.min_lr)
 
 
-def student_spec(config: RunConfig, teacher: Teacher) -> dict[str, Any]:
-    """Everything export needs to rebuild the student and its preprocessing."""
+def student_spec(config: RunConfig, teacher: Teacher) -> StudentSpec:
     s = config.student
-    return {
-        "backbone": s.backbone,
-        "dim": teacher.dim,
-        "hidden": list(s.hidden),
-        "dropout": s.dropout,
-        "image_size": s.image_size,
-        "shortest_side": s.shortest_side or s.image_size,
-        "interpolation": s.interpolation,
-        "mean": list(teacher.mean),
-        "std": list(teacher.std),
-        "teacher": teacher.identity,
-        "teacher_logit_scale": teacher.logit_scale,
-    }
+    return StudentSpec(
+        backbone=s.backbone,
+        dim=teacher.dim,
+        hidden=s.hidden,
+        dropout=s.dropout,
+        image_size=s.image_size,
+        shortest_side=s.shortest_side or s.image_size,
+        interpolation=s.interpolation,
+        mean=teacher.mean,
+        std=teacher.std,
+        teacher=teacher.identity,
+        teacher_logit_scale=teacher.logit_scale,
+    )
 
 
 def crossmodal_prompts(config: RunConfig) -> list[str]:
@@ -72,8 +89,8 @@ def crossmodal_prompts(config: RunConfig) -> list[str]:
     return load_label_set(config.labels.label_set).prompts()
 
 
-def build_student(spec: dict[str, Any], backbone_weights: Path | None = None) -> Student:
-    return Student(spec["backbone"], spec["dim"], spec["hidden"], spec["dropout"], backbone_weights)
+def build_student(spec: StudentSpec, backbone_weights: Path | None = None) -> Student:
+    return Student(spec.backbone, spec.dim, spec.hidden, spec.dropout, backbone_weights)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -100,14 +117,16 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     ]
 
 
-def prepare_cache(config: RunConfig, teacher: Teacher, spec: dict[str, Any], rank: int):
+def prepare_cache(config: RunConfig, teacher: Teacher, spec: StudentSpec, rank: int):
     """Rank 0 builds (or reuses) the teacher cache; the other ranks wait, then open it."""
-    preprocessor = preprocessor_for(spec)
+    preprocessor = spec.preprocessor()
     fingerprint = {
-        "teacher": teacher.identity,
-        "size": spec["image_size"],
-        "shortest_side": spec["shortest_side"],
-        "interpolation": spec["interpolation"],
+        # without the unset fields: the identity as it was before it was typed, so caches
+        # built then (hours of teacher time on a large data set) are still recognised
+        "teacher": teacher.identity.model_dump(mode="json", exclude_none=True),
+        "size": spec.image_size,
+        "shortest_side": spec.shortest_side,
+        "interpolation": spec.interpolation,
     }
     if rank == 0:
         items = collect_items(config.data)
@@ -147,8 +166,8 @@ def train(config: RunConfig, resume: bool = False) -> Student:
     batches = Batches(
         cache,
         config.train.batch_size,
-        spec["mean"],
-        spec["std"],
+        spec.mean,
+        spec.std,
         config.data.color_jitter,
         config.data.flip,
         config.train.seed,
@@ -213,10 +232,10 @@ def train(config: RunConfig, resume: bool = False) -> Student:
     return student
 
 
-def _save(path: Path, step: int, spec, student, optimizer, config: RunConfig) -> None:
+def _save(path: Path, step: int, spec: StudentSpec, student, optimizer, config: RunConfig) -> None:
     state = {
         "step": step,
-        "spec": spec,
+        "spec": spec.model_dump(mode="json"),  # plain data: loads without this package's classes
         "student": student.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
@@ -227,22 +246,34 @@ def _save(path: Path, step: int, spec, student, optimizer, config: RunConfig) ->
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint at `path`, its spec validated; ConfigError naming the file otherwise."""
     if not path.is_file():
         raise ConfigError(f"{path}: no checkpoint to resume from")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        spec = StudentSpec.model_validate(state["spec"])
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: spec: {first_error(exc)}") from None
+    return Checkpoint(
+        step=state["step"],
+        spec=spec,
+        student=state["student"],
+        optimizer=state["optimizer"],
+        rng=state["rng"],
+        cuda_rng=state["cuda_rng"],
+    )
 
 
-def _restore(path: Path, spec, student, optimizer) -> int:
+def _restore(path: Path, spec: StudentSpec, student, optimizer) -> int:
     state = load_checkpoint(path)
-    for key in ("backbone", "dim", "hidden", "image_size"):
-        if state["spec"][key] != spec[key]:
-            raise ConfigError(
-                f"{path}: checkpoint has {key} {state['spec'][key]!r}, this run {spec[key]!r}"
-            )
-    student.load_state_dict(state["student"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return state["step"]
+    for key in RESUMABLE:
+        had, has = getattr(state.spec, key), getattr(spec, key)
+        if had != has:
+            raise ConfigError(f"{path}: checkpoint has {key} {had!r}, this run {has!r}")
+    student.load_state_dict(state.student)
+    optimizer.load_state_dict(state.optimizer)
+    torch.set_rng_state(state.rng)
+    if state.cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state.cuda_rng)
+    return state.step

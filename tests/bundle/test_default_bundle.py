@@ -52,9 +52,9 @@ def dry_run(video, *args):
 def test_default_bundle_verifies_and_says_what_it_is():
     bundle = load_bundle(DEFAULT)  # every sha256 and the manifest schema
     manifest = bundle.manifest
-    assert manifest.teacher["architecture"] == "synthetic-clip"
-    assert "checkpoint_sha256" in manifest.teacher
-    assert manifest.metrics["eval"]["top1"]["student_int8"] > manifest.metrics["eval"]["chance"]
+    assert manifest.teacher.architecture == "synthetic-clip"
+    assert manifest.teacher.checkpoint_sha256 is not None
+    assert manifest.metrics.eval.top1.student_int8 > manifest.metrics.eval.chance
 
 
 def test_default_bundle_runs_on_real_footage(real_video):

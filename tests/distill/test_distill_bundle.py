@@ -1,6 +1,5 @@
 """export, labels, quantize, eval and `all` on a tiny teacher and student, end to end."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -16,10 +15,17 @@ from helpers.labelsets import MINI  # noqa: E402
 
 from retrofit_agent.bundle.labels import load_label_bank  # noqa: E402
 from retrofit_agent.bundle.manifest import load_bundle  # noqa: E402
+from retrofit_agent.bundle.sections import OpenClipTeacher  # noqa: E402
 from retrofit_agent.distill.config import RunConfig  # noqa: E402
 from retrofit_agent.distill.export import onnx_embeddings  # noqa: E402
 from retrofit_agent.distill.labelset import ensemble  # noqa: E402
 from retrofit_agent.distill.pipeline import run_all, run_eval  # noqa: E402
+from retrofit_agent.distill.reports import (  # noqa: E402
+    EvalReport,
+    ExportReport,
+    QuantizeReport,
+    read_report,
+)
 from retrofit_agent.distill.teacher import Teacher  # noqa: E402
 from retrofit_agent.errors import ConfigError  # noqa: E402
 from retrofit_agent.frames.preprocess import Preprocessor  # noqa: E402
@@ -62,39 +68,46 @@ def test_all_runs_every_step_and_writes_a_verified_bundle(built):
     bundle = load_bundle(config.bundle_dir)
     manifest = bundle.manifest
     assert manifest.name == "tiny-distilled" and manifest.embedding_dim == 32
-    assert manifest.teacher["architecture"] == "tiny-clip-test"
-    assert manifest.student["backbone"] == "mobilenetv3_small_050"
-    assert manifest.quantization["format"] in ("qdq_u8s8", "qdq_s8s8", "qoperator_u8s8")
-    assert 0.99 <= manifest.metrics["int8_vs_fp32_cosine"] <= 1
-    assert set(manifest.metrics["eval"]["top1"]) == {"teacher", "student_fp32", "student_int8"}
+    assert manifest.schema_version == 2 and isinstance(manifest.teacher, OpenClipTeacher)
+    assert manifest.teacher.architecture == "tiny-clip-test"
+    assert manifest.student.backbone == "mobilenetv3_small_050"
+    assert manifest.quantization.mode in ("qdq_u8s8", "qdq_s8s8", "qoperator_u8s8")
+    assert 0.99 <= manifest.metrics.int8_vs_fp32_cosine <= 1
+    assert set(manifest.metrics.eval.top1.model_dump()) == {
+        "teacher",
+        "student_fp32",
+        "student_int8",
+    }
+    evaluation = read_report(config.out_dir / "eval.json", EvalReport)
+    assert manifest.metrics.eval == evaluation.summary()  # the report, summarised
 
 
 def test_export_parity_and_quantize_report(built):
     config, _ = built
-    export = json.loads((config.out_dir / "export.json").read_text())
-    assert export["max_abs_diff"] < 1e-4 and export["frames"] > 0
-    report = json.loads((config.out_dir / "quantize.json").read_text())
-    assert report["fp32_latency_ms"] > 0
-    for variant in report["variants"]:
-        assert variant["latency_ms"] > 0 and variant["speedup_vs_fp32"] > 0
-        assert -1 <= variant["cosine_min"] <= variant["cosine_mean"] <= 1.0001
-        assert 0 <= variant["top1_agreement"] <= 1
-    assert report["selected"] in report["reason"] or "fastest" in report["reason"]
+    export = read_report(config.out_dir / "export.json", ExportReport)
+    assert export.max_abs_diff < 1e-4 and export.frames > 0
+    report = read_report(config.out_dir / "quantize.json", QuantizeReport)
+    assert report.fp32_latency_ms > 0
+    for variant in report.variants:
+        assert variant.latency_ms > 0 and variant.speedup_vs_fp32 > 0
+        assert -1 <= variant.cosine_min <= variant.cosine_mean <= 1.0001
+        assert 0 <= variant.top1_agreement <= 1
+    assert report.selected in report.reason or "fastest" in report.reason
 
 
 def test_eval_teacher_accuracy_equals_a_direct_computation(built, tiny_teacher):
     config, _ = built
-    report = json.loads((config.out_dir / "eval.json").read_text())
+    report = read_report(config.out_dir / "eval.json", EvalReport)
     teacher = Teacher(tiny_teacher)
-    classes = report["classes"]
+    classes = report.classes
     text = np.stack([ensemble([f"a photo of a {c} road."], teacher.embed_texts) for c in classes])
     correct = []
     for i, cls in enumerate(classes):
         for path in sorted((config.eval.folder / cls).iterdir()):
             embedding = teacher.embed_images([cv2.imread(str(path))])[0].numpy()
             correct.append(int((text @ embedding).argmax() == i))
-    assert report["top1"]["teacher"] == pytest.approx(np.mean(correct))
-    assert report["images"] == len(correct) == 6
+    assert report.top1.teacher == pytest.approx(np.mean(correct))
+    assert report.images == len(correct) == 6
     assert (config.out_dir / "eval.png").stat().st_size > 10_000
 
 

@@ -30,14 +30,14 @@ def test_report_holds_every_mode_and_the_selected_model_runs(tiny_bundle, tmp_pa
         config(modes=["qdq_u8s8", "qdq_s8s8", "dynamic_u8"]),
         bank,
     )
-    assert [v["mode"] for v in report["variants"]] == ["qdq_u8s8", "qdq_s8s8", "dynamic_u8"]
-    for v in report["variants"]:
-        assert v["latency_ms"] > 0 and 0 < v["cosine_mean"] <= 1.0001
-        assert v["top1_agreement"] is not None and 0 <= v["top1_agreement"] <= 1
-    chosen = next(v for v in report["variants"] if v["mode"] == report["selected"])
-    passing = [v for v in report["variants"] if v["meets_bar"]]
-    assert chosen["latency_ms"] == min(v["latency_ms"] for v in passing)
-    assert report["selected"] in report["reason"] or "fastest" in report["reason"]
+    assert [v.mode for v in report.variants] == ["qdq_u8s8", "qdq_s8s8", "dynamic_u8"]
+    for v in report.variants:
+        assert v.latency_ms > 0 and 0 < v.cosine_mean <= 1.0001
+        assert v.top1_agreement is not None and 0 <= v.top1_agreement <= 1
+    chosen = next(v for v in report.variants if v.mode == report.selected)
+    passing = [v for v in report.variants if v.meets_bar]
+    assert chosen.latency_ms == min(v.latency_ms for v in passing)
+    assert report.selected in report.reason or "fastest" in report.reason
     from retrofit_agent.distill.export import onnx_embeddings
 
     assert onnx_embeddings(out, frames(2)).shape == (2, 32)
@@ -55,7 +55,7 @@ def test_no_mode_meeting_the_bar_fails_unless_fallback(tiny_bundle, tmp_path):
         frames(4, 1),
         config(modes=["qdq_u8s8"], min_cosine=0.9999999, fallback="best"),
     )
-    assert report["selected"] == "qdq_u8s8" and "fallback" in report["reason"]
+    assert report.selected == "qdq_u8s8" and "fallback" in report.reason
 
 
 def test_excluding_op_types_and_unknown_nodes(tiny_bundle, tmp_path):
@@ -67,7 +67,7 @@ def test_excluding_op_types_and_unknown_nodes(tiny_bundle, tmp_path):
         frames(4, 1),
         config(modes=["qdq_u8s8"], exclude_op_types=["Conv"]),
     )
-    assert report["excluded_op_types"] == ["Conv"]
+    assert report.excluded_op_types == ["Conv"]
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "c.onnx")).graph.node}

@@ -22,7 +22,7 @@ def test_teacher_from_local_config_and_checkpoint(tiny_teacher):
     assert images.shape == (2, 32) and texts.shape == (3, 32)
     assert torch.allclose(images.norm(dim=1), torch.ones(2), atol=1e-5)
     assert torch.allclose(texts.norm(dim=1), torch.ones(3), atol=1e-5)
-    assert teacher.identity["checkpoint_sha256"] == sha256_file(tiny_teacher.checkpoint)
+    assert teacher.identity.checkpoint_sha256 == sha256_file(tiny_teacher.checkpoint)
     # the same checkpoint loaded twice gives the same embeddings: weights really come from it
     again = Teacher(tiny_teacher).embed_texts(["a car on a highway"])
     assert torch.allclose(again, texts[:1], atol=1e-6)

@@ -16,7 +16,14 @@ from retrofit_agent.distill.config import RunConfig  # noqa: E402
 from retrofit_agent.distill.data import Batches, FrameCache  # noqa: E402
 from retrofit_agent.distill.losses import DistillLoss  # noqa: E402
 from retrofit_agent.distill.teacher import Teacher  # noqa: E402
-from retrofit_agent.distill.train import CHECKPOINT, LOG, build_student, lr_at, train  # noqa: E402
+from retrofit_agent.distill.train import (  # noqa: E402
+    CHECKPOINT,
+    LOG,
+    build_student,
+    load_checkpoint,
+    lr_at,
+    train,
+)
 from retrofit_agent.errors import ConfigError  # noqa: E402
 
 
@@ -44,7 +51,8 @@ def test_training_lowers_the_loss_and_logs(tiny_teacher, real_video, tmp_path):
     state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
     assert state["step"] == 25 and state["spec"]["dim"] == 32
     torch.manual_seed(1)
-    untrained = build_student(state["spec"])  # a freshly initialised student of the same shape
+    # a freshly initialised student of the same shape
+    untrained = build_student(load_checkpoint(tmp_path / "run" / CHECKPOINT).spec)
     assert fixed_batch_loss(config, trained) < 0.8 * fixed_batch_loss(config, untrained)
     records = [json.loads(line) for line in (tmp_path / "run" / LOG).read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25]
@@ -181,7 +189,7 @@ def test_torchrun_two_processes_end_identical(tiny_teacher, real_video, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt")
     rank1 = torch.load(tmp_path / "rank1.pt")
-    initial = build_student(torch.load(tmp_path / "out" / CHECKPOINT, weights_only=False)["spec"])
+    initial = build_student(load_checkpoint(tmp_path / "out" / CHECKPOINT).spec)
     moved = False
     for name, tensor in rank0.items():
         assert torch.equal(tensor, rank1[name]), name

@@ -77,4 +77,4 @@ def test_a_short_teacher_training_beats_chance_on_held_out(tmp_path):
     assert report["chance"] == pytest.approx(1 / 48)
     assert report["top1_held_out"] > 3 * report["chance"]
     teacher = Teacher(config)  # loads through the same path as a real CLIP checkpoint
-    assert teacher.dim == 128 and teacher.identity["architecture"] == "synthetic-clip"
+    assert teacher.dim == 128 and teacher.identity.architecture == "synthetic-clip"

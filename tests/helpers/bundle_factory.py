@@ -3,14 +3,16 @@
 The student is a random-weight conv net written with onnx.helper (conv/relu stages, global
 average pool, linear projection, L2 normalisation), quantized to INT8 (U8S8 QDQ) by
 onnxruntime's static quantizer. Its labels (the label set tiny-labels.toml, with random text
-embeddings) mean nothing; the plumbing around it is real.
+embeddings) mean nothing; the plumbing around it is real, and the bundle is written by the
+agent's one bundle writer (retrofit_agent.bundle.writer).
 
-    python tests/bundle_factory.py DIR [--size 224] [--dim 512] [--calibrate IMAGES...]
+    python tests/helpers/bundle_factory.py DIR [--size 224] [--dim 512] [--calibrate IMAGES...]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -26,7 +28,15 @@ from onnxruntime.quantization import (
 )
 
 from retrofit_agent.bundle.labelset import load_label_set
-from retrofit_agent.bundle.manifest import STUDENT_FP32, STUDENT_INT8, write_manifest
+from retrofit_agent.bundle.manifest import (
+    LABELS,
+    STUDENT_FP32,
+    STUDENT_INT8,
+    Description,
+    Resize,
+)
+from retrofit_agent.bundle.sections import NoTeacher, Quantization, StudentInfo
+from retrofit_agent.bundle.writer import write_bundle
 from retrofit_agent.frames.preprocess import Preprocessor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -97,55 +107,48 @@ def build_bundle(
 ) -> Path:
     """Write a complete bundle to `path` and return it."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     fp32 = conv_net(size, dim, channels, rng)
-    onnx.save(fp32, path / STUDENT_FP32)
-
-    preprocess = Preprocessor(size, size, "bicubic", CLIP_MEAN, CLIP_STD)
-    if calibration_images:
-        batches = [preprocess(cv2.imread(str(p))).copy() for p in calibration_images]
-        calibration = f"{len(batches)} images: {', '.join(p.name for p in calibration_images)}"
-    else:
-        batches = [rng.normal(0, 1, (1, 3, size, size)).astype(np.float32) for _ in range(8)]
-        calibration = "8 random normal tensors"
-    quantize_static(
-        str(path / STUDENT_FP32),
-        str(path / STUDENT_INT8),
-        _Batches(batches),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
-
-    label_set = load_label_set(LABEL_SET)
-    text = rng.normal(0, 1, (len(label_set.entries()), dim))
-    label_set.save_bank(text / np.linalg.norm(text, axis=1, keepdims=True), path / "labels.npz")
-
-    write_manifest(
-        path,
-        name=name,
-        teacher={"kind": "none", "note": "random weights: the labels are meaningless"},
-        student={
-            "architecture": f"random conv net {list(channels)} + linear, onnx.helper",
-            "params": int(sum(np.prod(t.dims) for t in fp32.graph.initializer)),
-            "built_by": "tests/bundle_factory.py",
-        },
-        size=size,
-        resize={"shortest_side": size, "interpolation": "bicubic"},
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
-        embedding_dim=dim,
-        logit_scale=100.0,
-        quantization={
-            "format": "QDQ",
-            "activations": "uint8",
-            "weights": "int8",
-            "per_channel": True,
-            "calibration": calibration,
-        },
-    )
+    with tempfile.TemporaryDirectory(prefix="bundle-factory-") as tmp:
+        work = Path(tmp)
+        onnx.save(fp32, work / STUDENT_FP32)
+        preprocess = Preprocessor(size, size, "bicubic", CLIP_MEAN, CLIP_STD)
+        if calibration_images:
+            batches = [preprocess(cv2.imread(str(p))).copy() for p in calibration_images]
+            calibration = f"{len(batches)} images: {', '.join(p.name for p in calibration_images)}"
+        else:
+            batches = [rng.normal(0, 1, (1, 3, size, size)).astype(np.float32) for _ in range(8)]
+            calibration = "8 random normal tensors"
+        quantize_static(
+            str(work / STUDENT_FP32),
+            str(work / STUDENT_INT8),
+            _Batches(batches),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        label_set = load_label_set(LABEL_SET)
+        text = rng.normal(0, 1, (len(label_set.entries()), dim))
+        label_set.save_bank(text / np.linalg.norm(text, axis=1, keepdims=True), work / LABELS)
+        description = Description(
+            name=name,
+            teacher=NoTeacher(),
+            student=StudentInfo(
+                architecture=f"random conv net {list(channels)} + linear, onnx.helper",
+                params=int(sum(np.prod(t.dims) for t in fp32.graph.initializer)),
+                built_by="tests/helpers/bundle_factory.py",
+            ),
+            size=size,
+            resize=Resize(shortest_side=size, interpolation="bicubic"),
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            embedding_dim=dim,
+            logit_scale=100.0,
+            quantization=Quantization(mode="qdq_u8s8", per_channel=True, calibration=calibration),
+        )
+        files = {name: work / name for name in (STUDENT_FP32, STUDENT_INT8, LABELS)}
+        write_bundle(path, description, files)
     return path
 
 

@@ -3,14 +3,14 @@ the camera (the emulated aarch64 run) too."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
-from retrofit_agent.bundle.manifest import write_manifest
+from retrofit_agent.bundle.manifest import MANIFEST, parse_manifest
+from retrofit_agent.bundle.writer import write_bundle
 
 
-def rewrite_manifest(bundle, **change):
+def rewrite_manifest(bundle: Path, **change) -> None:
     """Re-hash the bundle's files (as a builder would) with some manifest fields changed."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    fields = {k: v for k, v in manifest.items() if k not in ("schema_version", "files")}
-    fields.update(change)
-    write_manifest(bundle, **fields)
+    manifest = parse_manifest((bundle / MANIFEST).read_bytes(), bundle / MANIFEST)
+    files = {name: bundle / name for name in manifest.files}
+    write_bundle(bundle, manifest.model_copy(update=change), files, manifest.created_utc)
