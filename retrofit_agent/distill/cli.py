@@ -1,4 +1,5 @@
-"""The `retrofit-distill` command line (DESIGN.md contract 4): the offline half, torch only here."""
+"""The `retrofit-distill` command line (contract 4, docs/contracts/command-line.md): the offline
+half, torch only here."""
 
 from __future__ import annotations
 
