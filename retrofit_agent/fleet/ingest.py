@@ -4,10 +4,10 @@ From an inflated body to the acknowledgement: parse the envelope, check each row
 good ones, acknowledge after the commit. The HTTP around it (token, sizes, deadline) is
 `retrofit_agent.fleet.app`; storage is any `FleetStore`.
 
-- Parsing is one pass of pydantic over the JSON: each row is validated as an
-  `UploadedObservation` and, only if that fails, kept as a plain object so it can be rejected
-  alone with its first error (one bad row never holds back its batch). 13 us a 512-d row
-  (measured, 500-row batch), so validation is not what bounds the ingest rate.
+- Parsing is one pass of pydantic over the JSON, strict (a seq "7" is not the integer 7):
+  each row is validated as an `UploadedObservation` and, only if that fails, kept as a plain
+  object so it can be rejected alone with its first error (one bad row never holds back its
+  batch). 13 us a 512-d row (measured, 500-row batch): validation does not bound the rate.
 - Checks the type cannot make: the row's `device_id` is the token's device (a row for another
   device is rejected, never stored: otherwise one camera's forged rows would pre-empt another's
   real ones, which the first-copy-wins rule would then acknowledge as duplicates and lose),
@@ -48,7 +48,7 @@ class ParsedBatch(BaseModel):
 def parse(data: bytes, limits: Limits) -> ParsedBatch:
     """The inflated body as a batch; Refused(400/413) if it is not one."""
     try:
-        batch = ParsedBatch.model_validate_json(data)
+        batch = ParsedBatch.model_validate_json(data, strict=True)
     except ValidationError:
         try:  # the envelope's rules are protocol.Batch's, and its messages the plainer ones
             Batch.model_validate_json(data)
@@ -128,7 +128,7 @@ def acknowledge(
 def _first_error(row: dict[str, Any]) -> str:
     """The validation error of a row the batch parse kept as a plain object."""
     try:
-        UploadedObservation.model_validate_json(pydantic_core.to_json(row))
+        UploadedObservation.model_validate_json(pydantic_core.to_json(row), strict=True)
     except ValidationError as exc:
         return first_error(exc, "row")
     return "row: not an observation"  # the batch parse refused it; both are JSON-mode parses

@@ -90,6 +90,7 @@ def serve(settings: ServeSettings) -> None:
         ssl_keyfile=settings.key,
     )
     sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections wait in the backlog until a worker is up
     host, port = sock.getsockname()[:2]
     scheme = "https" if settings.cert else "http"
     print(f"listening on {scheme}://{host}:{port}{OBSERVATIONS}", flush=True)
