@@ -243,7 +243,9 @@ class PostgresStore(FleetStore):
             sql += " AND device_id = %s"
             args.append(query.device_id)
         if query.label is not None:
-            sql += " AND header->'labels' @> jsonb_build_array(jsonb_build_object('label', %s))"
+            sql += (
+                " AND header->'labels' @> jsonb_build_array(jsonb_build_object('label', %s::text))"
+            )
             args.append(query.label)
         sql += " ORDER BY captured_utc, device_id, seq LIMIT %s"
         args.append(query.limit)
