@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "embedding_dim":
             flag = "--" + name.replace("_", "-")
             serve.add_argument(flag, type=type(field.default), help=f"default {field.default}")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     serve.add_argument("--cert", help="TLS certificate chain (PEM); needs --key")
     serve.add_argument("--key", help="TLS private key (PEM)")
 
@@ -111,6 +112,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             cert=args.cert,
             key=args.key,
+            log_level=args.log_level,
             limits={k: v for k, v in limits.items() if v is not None},
         )
     except ValidationError as exc:
