@@ -17,8 +17,9 @@ error (docs/upload-protocol.md), the connection closed after it:
    the event loop keeps reading other requests. A store failure (database restarting) is 503
    with Retry-After: 1 and nothing acknowledged; the device re-sends later.
 
-Idle connections cost no thread (asyncio), and uvicorn's `limit_concurrency` answers 503 past
-`max_connections` per worker.
+Idle connections cost no thread (asyncio); one that sends no complete headers within the
+deadline is closed (`connections.HeaderDeadlineProtocol`), and uvicorn's `limit_concurrency`
+answers 503 past `max_connections` per worker.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from retrofit_agent.common import logs
 from retrofit_agent.common.strict import StrictModel
 from retrofit_agent.errors import ConfigError
 from retrofit_agent.fleet.app import OBSERVATIONS, create_app
+from retrofit_agent.fleet.connections import HeaderDeadlineProtocol
 from retrofit_agent.fleet.limits import Limits
 from retrofit_agent.fleet.store import open_store
 
@@ -83,7 +84,8 @@ def serve(settings: ServeSettings) -> None:
         port=settings.port,
         workers=settings.workers,
         limit_concurrency=settings.max_connections,
-        timeout_keep_alive=30,
+        http=HeaderDeadlineProtocol,
+        timeout_keep_alive=max(1, round(settings.limits.deadline_s)),
         access_log=False,
         log_config=None,
         ssl_certfile=settings.cert,

@@ -110,6 +110,22 @@ def test_idle_connections_cost_no_threads(served):
             sock.close()
 
 
+def test_a_connection_without_headers_is_closed_at_the_deadline(tmp_path):
+    database = sqlite_url(tmp_path / "fleet.db")
+    add_device(database, "cam-1")
+    args = ["--database", database, "--port", 0, "--workers", 1, "--embedding-dim", DIM]
+    with FleetServer(*args, "--deadline-s", 1) as server:
+        host, port = server.url.split("/")[2].split(":")
+        silent = socket.create_connection((host, int(port)), timeout=10)
+        trickle = socket.create_connection((host, int(port)), timeout=10)
+        trickle.sendall(b"POST /v1/observations HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        assert silent.recv(100) == b"" and trickle.recv(100) == b""  # closed by the server
+        assert time.monotonic() - started < 3
+        silent.close()
+        trickle.close()
+
+
 @pytest.fixture
 def app(tmp_path):
     store = SqliteStore(tmp_path / "fleet.db")
