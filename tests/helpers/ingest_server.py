@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
+import helpers.needs_fleet  # noqa: F401 (skips the module without the [fleet] extra)
 from retrofit_agent.fleet.app import OBSERVATIONS, create_app
 from retrofit_agent.fleet.limits import Limits
 from retrofit_agent.fleet.store import FleetStore, ObservationQuery
@@ -69,11 +69,13 @@ class Backend:
     """The fleet app on `store`, served by uvicorn in this process."""
 
     def __init__(self, store: FleetStore, limits: Limits) -> None:
+        from uvicorn import Config, Server  # after needs_fleet's check
+
         self.store = store
-        config = uvicorn.Config(
+        config = Config(
             create_app(store, limits), host="127.0.0.1", log_config=None, access_log=False
         )
-        self._server = uvicorn.Server(config)
+        self._server = Server(config)
         self._sock = config.bind_socket()
         port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}{OBSERVATIONS}"
