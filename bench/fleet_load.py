@@ -1,6 +1,6 @@
 """Load on `retrofit-fleet serve` over loopback: cameras uploading, with faults, then a check.
 
-    python bench/fleet_load.py [--seconds 60] [--connections 64] [--workers 2]
+    python bench/fleet_load.py [--seconds 40] [--rates 0,5000,5000-calm] [--connections 64]
 
 Everything runs on this machine: a throw-away PostgreSQL cluster (fsync on, as in
 production), `retrofit-fleet serve` with `--workers` processes, and this load generator.
@@ -14,17 +14,17 @@ production), `retrofit-fleet serve` with `--workers` processes, and this load ge
    keep-alive connections send them as fast as they are answered, bounded by `--seconds` and
    by the rows built. A request that fails is sent again (as a device would), so every row is
    eventually acknowledged or the run says it was not.
-3. Faults, at a third and two thirds of the run: one ingest worker killed (SIGKILL), then
-   PostgreSQL crashed and restarted (`pg_ctl stop -m immediate`, start). Throughout, 2% of the
-   requests are forgeries: a device's token with rows claiming to be another device's
-   future seqs, which that device later sends for real.
+3. Faults (in every run but a `-calm` one), at a third and two thirds of the run: one ingest
+   worker killed (SIGKILL), then PostgreSQL crashed and restarted (`pg_ctl stop -m
+   immediate`, start). Throughout, 2% of the requests are forgeries: a device's token with
+   rows claiming to be another device's next seqs, which that device later sends for real.
 4. Verify: every acknowledged row is stored (0 missing), once (0 duplicates), no forged row is
    stored, and the real rows the forgeries claimed are stored as sent.
 
-Reported: rows/s acknowledged (whole run and per 5 s), p50/p99 acknowledgement latency, RSS of
-the server's processes over time, CPU seconds of the server, PostgreSQL and the generator, and
-rows per CPU-second of server + PostgreSQL ("rows/s per core", for sizing a fleet).
-Results go to bench/results/fleet_load.{json,md}.
+Reported: rows/s acknowledged (whole run and per 5 s), p50/p99 acknowledgement latency, PSS
+of the server's and PostgreSQL's processes over time, CPU seconds of the server, PostgreSQL
+and the generator, and rows per CPU-second of server + PostgreSQL ("rows/s per core", for
+sizing a fleet). Results go to bench/results/fleet_load.{json,md}.
 """
 
 from __future__ import annotations
@@ -254,12 +254,14 @@ def cpu_s(pid: int) -> float:
     return total / TICK
 
 
-def rss_mib(pid: int) -> float:
+def pss_mib(pid: int) -> float:
+    """Proportional set size of `pid`'s tree: shared pages (PostgreSQL's shared buffers) are
+    divided among the processes that map them instead of counted in each."""
     total = 0
     for p in tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1])
         except OSError:
             continue
@@ -309,7 +311,7 @@ def sample(pids: dict[str, int], stop: threading.Event, out: list[dict[str, floa
     started = time.monotonic()
     while not stop.wait(1.0):
         out.append({"t": round(time.monotonic() - started, 1)} |
-                   {name: round(rss_mib(pid), 1) for name, pid in pids.items()})  # fmt: skip
+                   {name: round(pss_mib(pid), 1) for name, pid in pids.items()})  # fmt: skip
 
 
 def verify(url: str, load: Load, requests: list[Request]) -> dict[str, int]:
@@ -336,8 +338,11 @@ def verify(url: str, load: Load, requests: list[Request]) -> dict[str, int]:
     }
 
 
-def run(cluster: LocalCluster, args: argparse.Namespace, rate: float, name: str) -> dict[str, Any]:
-    """One load run on a fresh database: `rate` rows/s offered (0: as fast as answered)."""
+def run(
+    cluster: LocalCluster, args: argparse.Namespace, rate: float, faulty: bool, name: str
+) -> dict[str, Any]:
+    """One load run on a fresh database: `rate` rows/s offered (0: as fast as answered), with
+    the faults or without."""
     with psycopg.connect(cluster.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     url = cluster.url_of(name)
@@ -387,11 +392,11 @@ def run(cluster: LocalCluster, args: argparse.Namespace, rate: float, name: str)
             faults.append({"t": at, "fault": "PostgreSQL crashed and restarted", "took_s": took})
 
         injector = threading.Thread(target=inject, daemon=True)
-        if not args.no_faults:
+        if faulty:
             injector.start()
         asyncio.run(load.run(args.connections))
         wall = time.monotonic() - load.started
-        if not args.no_faults:
+        if faulty:
             injector.join(seconds)
         stop.set()
         cpu = {"server": cpu_s(server.pid) - cpu_before["server"],
@@ -408,8 +413,8 @@ def run(cluster: LocalCluster, args: argparse.Namespace, rate: float, name: str)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=40.0, help="per run (40)")
-    parser.add_argument("--rates", default="0,5000",
-                        help="rows/s offered per run, 0: as fast as answered (0,5000)")  # fmt: skip
+    rates = "rows/s offered per run; 0: as fast as answered, -calm: without the faults"
+    parser.add_argument("--rates", default="0,5000,5000-calm", help=rates)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-rows", type=int, default=50, help="rows per request (50)")
@@ -424,8 +429,10 @@ def main() -> int:
         inserts = {n: compare_inserts(cluster.url, 60, n) for n in (50, 500)}
         print(f"insert methods, median ms per batch: {inserts}", flush=True)
         runs = {}
-        for i, rate in enumerate(float(r) for r in args.rates.split(",")):
-            runs[f"{rate:g}" if rate else "max"] = run(cluster, args, rate, f"load_{i}")
+        for i, spec in enumerate(args.rates.split(",")):
+            rate, calm = float(spec.removesuffix("-calm")), spec.endswith("-calm")
+            name = (f"{rate:g} rows/s" if rate else "max") + (", no faults" if calm else "")
+            runs[name] = run(cluster, args, rate, not (calm or args.no_faults), f"load_{i}")
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -475,7 +482,8 @@ def summary(rate, load, wall, cpu, rss, faults, checks) -> dict[str, Any]:
         "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
         "rows_per_cpu_s_server_and_postgres": round(rows / (cpu["server"] + cpu["postgres"])),
         "faults": faults,
-        "rss_mib": rss,
+        "pss_mib": rss,
+        "faulty": bool(faults),
         "checks": checks,
     }
 
@@ -490,8 +498,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"this machine; {s['devices']} devices with their own tokens, {s['connections']} "
         f"keep-alive connections, {s['batch_rows']} rows a request ({s['embedding_dim']}-d "
         f"float16 embeddings, gzip), {100 * s['forged_share']:.0f}% forged requests; "
-        f"{s['seconds']:g} s per run. Faults in each run: an ingest worker SIGKILLed at a "
-        "third, PostgreSQL crashed (`pg_ctl stop -m immediate`) and restarted at two thirds.",
+        f"{s['seconds']:g} s per run. Faults in each run but the calm one: an ingest worker "
+        "SIGKILLed at a third, PostgreSQL crashed (`pg_ctl stop -m immediate`) and restarted at "
+        "two thirds. Memory is PSS (shared pages divided among the processes mapping them).",
         "",
         "Insert methods, median ms per committed batch (`INSERT ... ON CONFLICT DO NOTHING`"
         " by executemany, against binary COPY into a staging table + one INSERT ... SELECT):",
@@ -504,16 +513,16 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "| offered | rows/s acknowledged | p50 / p99 ack ms | CPU s server / PostgreSQL / "
-        "generator | rows per CPU-second (server + PostgreSQL) | server RSS MiB min / max | "
+        "generator | rows per CPU-second (server + PostgreSQL) | server PSS MiB min / max | "
         "retried | missing / duplicates / forged stored |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for name, r in result["runs"].items():
         c, lat, cpu = r["checks"], r["ack_latency_ms"], r["cpu_s"]
-        server_rss = [x["server_mib"] for x in r["rss_mib"]] or [0]
+        server_rss = [x["server_mib"] for x in r["pss_mib"]] or [0]
         retried = ", ".join(f"{k} {v}" for k, v in r["failures_retried"].items()) or "none"
         lines.append(
-            f"| {name} rows/s | {r['rows_per_s']} | {lat['p50']} / {lat['p99']} | "
+            f"| {name} | {r['rows_per_s']} | {lat['p50']} / {lat['p99']} | "
             f"{cpu['server']} / {cpu['postgres']} / {cpu['generator']} | "
             f"{r['rows_per_cpu_s_server_and_postgres']} | {min(server_rss)} / "
             f"{max(server_rss)} | {retried} | {c['acknowledged_missing']} / "
@@ -524,7 +533,7 @@ def markdown(result: dict[str, Any]) -> str:
         c = r["checks"]
         by5 = ", ".join(f"{v}" for v in r["rows_per_s_by_5s"].values())
         faults = "; ".join(f"{f['t']} s: {f['fault']}" for f in r["faults"]) or "none"
-        every_5s = r["rss_mib"][4::5]
+        every_5s = r["pss_mib"][4::5]
         rss = ", ".join(f"{x['server_mib']:.0f}" for x in every_5s)
         pg_rss = ", ".join(f"{x['postgres_mib']:.0f}" for x in every_5s)
         lines += [
@@ -532,7 +541,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{c['forged_rows_rejected']} of {c['forged_rows_sent']} forged rows rejected; "
             f"{c['claimed_keys_stored_for_real']} keys they claimed later stored from their "
             f"real device. {c['unsent_rows_left']} rows left unsent when the time was up. "
-            f"RSS every 5 s, MiB: server (all workers) {rss}; PostgreSQL {pg_rss}.",
+            f"PSS every 5 s, MiB: server (all workers) {rss}; PostgreSQL {pg_rss}.",
             "",
         ]
     return "\n".join(lines)
