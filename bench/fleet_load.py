@@ -330,7 +330,7 @@ def verify(url: str, load: Load, requests: list[Request]) -> dict[str, int]:
         "acknowledged_missing": len(load.acked - stored),
         "duplicates_stored": total - distinct,
         "forged_stored": forged,
-        "forged_rows_sent": sum(len(r.keys) for r in requests if r.forged),
+        "forged_rows_built": sum(len(r.keys) for r in requests if r.forged),
         "forged_rows_rejected": load.rejected_forged,
         "claimed_keys_stored_for_real": len(claimed & stored),
         "claimed_keys_acknowledged": len(claimed & load.acked),
@@ -538,7 +538,8 @@ def markdown(result: dict[str, Any]) -> str:
         pg_rss = ", ".join(f"{x['postgres_mib']:.0f}" for x in every_5s)
         lines += [
             f"**{name}**: rows/s per 5 s: {by5}. Faults: {faults}. "
-            f"{c['forged_rows_rejected']} of {c['forged_rows_sent']} forged rows rejected; "
+            f"{c['forged_rows_rejected']} forged rows sent and rejected (of "
+            f"{c['forged_rows_built']} built); "
             f"{c['claimed_keys_stored_for_real']} keys they claimed later stored from their "
             f"real device. {c['unsent_rows_left']} rows left unsent when the time was up. "
             f"PSS every 5 s, MiB: server (all workers) {rss}; PostgreSQL {pg_rss}.",

@@ -37,6 +37,7 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from retrofit_agent.errors import one_line
 from retrofit_agent.fleet.store import (
     Campaign,
     Device,
@@ -46,6 +47,7 @@ from retrofit_agent.fleet.store import (
     ObservationQuery,
     StoredRow,
     StoreError,
+    StoreUnavailable,
 )
 
 SCHEMA_LOCK = 0x19F1EE7  # advisory lock: schema and partition changes, one process at a time
@@ -94,6 +96,13 @@ class PostgresStore(FleetStore):
     def __init__(self, url: str, create: bool = True, pool_size: int = 4) -> None:
         self._url = url
         self._days: set[date] = set()
+        try:  # once outside the pool, which would only say that it timed out
+            with psycopg.connect(url, connect_timeout=10) as conn:
+                found = conn.execute("SELECT to_regclass('observations')").fetchone()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"{_safe(url)}: {one_line(exc)}") from None
+        if not create and found == (None,):
+            raise StoreError(f"{_safe(url)}: no fleet tables (start serve or add a device first)")
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -106,7 +115,7 @@ class PostgresStore(FleetStore):
             self._pool.open(wait=True, timeout=15)
         except PoolTimeout:
             self._pool.close()
-            raise StoreError(f"{_safe(url)}: cannot connect to PostgreSQL") from None
+            raise StoreUnavailable(f"{_safe(url)}: cannot connect to PostgreSQL") from None
         if create:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])

@@ -29,7 +29,7 @@ from datetime import datetime
 
 import numpy as np
 
-from retrofit_agent.errors import ConfigError
+from retrofit_agent.errors import ConfigError, RetrofitError
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,12 @@ class StoreError(ConfigError):
 
 class DeviceExists(StoreError):
     pass
+
+
+class StoreUnavailable(RetrofitError):
+    """The database cannot be reached now (exit 69: systemd restarts the server later)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
 
 
 class FleetStore(ABC):

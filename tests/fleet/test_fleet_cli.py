@@ -126,3 +126,14 @@ def test_query_nearest_neighbours_of_an_embedding(filled, tmp_path):
     ]
     wrong = fleet("query", "nearest", "--database", filled, *WINDOW, "--embedding-b64", "AAAA")
     assert wrong.returncode == 78 and "embedding: 3 bytes" in wrong.stderr
+
+
+def test_database_errors_are_one_line_with_their_exit_code(pg_url, tmp_path):
+    empty = fleet("query", "observations", "--database", pg_url)
+    assert empty.returncode == 78 and "no fleet tables" in empty.stderr
+    down = fleet("device", "list", "--database", "postgresql://fleet@127.0.0.1:1/fleet")
+    assert down.returncode == 69 and len(down.stderr.strip().splitlines()) == 1  # retried later
+    bad = fleet("device", "list", "--database", "mysql://x")
+    assert bad.returncode == 78 and "not sqlite:///PATH or postgresql://" in bad.stderr
+    absent = fleet("query", "observations", "--database", f"sqlite:///{tmp_path / 'none.db'}")
+    assert absent.returncode == 78 and "no such fleet database" in absent.stderr
