@@ -11,12 +11,14 @@ import gzip
 import http.client
 import json
 import socket
+import threading
 import time
 import zlib
 from pathlib import Path
 
 import pytest
 from helpers.fleet_process import FleetServer, add_device, fleet, sqlite_url
+from helpers.held_server import holding
 from helpers.ingest_server import DIM, TOKEN, backend
 from helpers.observations import observation
 
@@ -178,6 +180,31 @@ def test_a_body_announced_too_large_is_refused_before_it_is_read(app):
     assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close" in answer.lower()
 
 
+def test_requests_beyond_the_slots_wait_then_get_503(tmp_path):
+    """One slot, held by a request whose commit does not return: the next waits the deadline."""
+    release = threading.Event()
+    store = holding(SqliteStore(tmp_path / "fleet.db"), tmp_path / "committed", release)
+    limits = Limits(embedding_dim=DIM, max_age_days=36_500, deadline_s=1.0, max_inflight=1)
+    body = gzip.compress(json.dumps({"protocol": 1, "batch_id": "b", "rows": [
+        json.loads(observation(1).model_dump_json())]}).encode())  # fmt: skip
+    with backend(store, limits) as server:
+        host = server.url.split("/")[2]
+        first = threading.Thread(target=post, args=(host, body))
+        first.start()
+        while not (tmp_path / "committed").exists():
+            time.sleep(0.01)
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(host, timeout=10)
+        conn.request("POST", OBSERVATIONS, body, headers())
+        busy = conn.getresponse()
+        assert (busy.status, busy.getheader("Retry-After")) == (503, "1")
+        assert json.loads(busy.read())["error"] == "busy: every ingest slot is taken"
+        assert 0.9 < time.monotonic() - started < 3
+        release.set()
+        first.join(10)
+    store.close()
+
+
 def test_no_device_no_server(tmp_path):
     result = fleet("serve", "--database", sqlite_url(tmp_path / "f.db"), "--embedding-dim", 8)
     assert result.returncode == 78
@@ -192,3 +219,6 @@ def test_the_inflater_counts_values_as_it_inflates():
         inflater.feed(b"[" * 6)
     with pytest.raises(Refused, match="unsupported Content-Encoding 'br'"):
         Inflater(limits, "br")
+    small = Inflater(Limits(embedding_dim=DIM, max_inflated_bytes=1000), "gzip")
+    with pytest.raises(Refused, match="batch inflates to more than 1000 bytes"):
+        small.feed(gzip.compress(b" " * 1001))

@@ -20,13 +20,15 @@ from retrofit_agent.fleet.limits import Limits
 from retrofit_agent.fleet.store import FleetStore, StoredRow, open_store
 
 
-def holding(store: FleetStore, marker: Path) -> FleetStore:
+def holding(store: FleetStore, marker: Path, release: threading.Event) -> FleetStore:
+    """`store`, whose every commit writes its new-row count to `marker`, then waits for
+    `release` before the answer can be built."""
     commit = store.store_rows
 
     def store_rows(batch_id: str, rows: list[StoredRow]) -> int:
         new = commit(batch_id, rows)
         marker.write_text(str(new))
-        threading.Event().wait()  # until killed
+        release.wait()
         return new
 
     store.store_rows = store_rows  # type: ignore[method-assign]
@@ -34,7 +36,7 @@ def holding(store: FleetStore, marker: Path) -> FleetStore:
 
 
 def main(url: str, marker: str) -> None:
-    store = holding(open_store(url), Path(marker))
+    store = holding(open_store(url), Path(marker), threading.Event())  # released by SIGKILL
     limits = Limits(embedding_dim=32, max_age_days=36_500)
     config = uvicorn.Config(create_app(store, limits), host="127.0.0.1", log_config=None)
     sock = config.bind_socket()
