@@ -1,4 +1,4 @@
-"""The `retrofit-agent` command line (DESIGN.md contract 4).
+"""The `retrofit-agent` command line (contract 4, docs/contracts/command-line.md).
 
 Every expected failure is one line on stderr, `retrofit-agent: error: ...`, and the error's
 sysexits-style code (see retrofit_agent.errors). Resources are opened in the order bundle,
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from retrofit_agent import __version__
+from retrofit_agent.common import logs
 from retrofit_agent.config import CaptureConfig, load_config
 from retrofit_agent.errors import RetrofitError
 from retrofit_agent.frames.runtime import Runtime
@@ -166,7 +166,7 @@ def upload_command(args: argparse.Namespace) -> int:
     )
 
     config = load_config(args.config, overrides={"store.path": args.upload_db})
-    logging.basicConfig(level=logging.WARNING, format="retrofit-agent: warning: %(message)s")
+    logs.setup("WARNING", command="retrofit-agent")
     store = open_store(config.store, existing=True)
     try:
         uploader = Uploader(config.upload, store)

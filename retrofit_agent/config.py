@@ -145,6 +145,12 @@ class UploadConfig(StrictModel):
             raise ValueError("plain http only to localhost; use https://")
         return url
 
+    @model_validator(mode="after")
+    def _base_below_cap(self) -> UploadConfig:
+        if self.backoff_base_s > self.backoff_cap_s:
+            raise ValueError("backoff_base_s must not exceed backoff_cap_s")
+        return self
+
 
 class AgentConfig(StrictModel):
     device_id: str = Field(default_factory=socket.gethostname, min_length=1)

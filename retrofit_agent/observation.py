@@ -1,4 +1,5 @@
-"""An observation (DESIGN.md contract 3): what is stored, published and uploaded per frame.
+"""An observation (contract 3, docs/contracts/observation.md): what is stored, published and
+uploaded per frame.
 
 `(device_id, seq)` is the idempotency key end to end. The embedding travels as float16 bytes:
 in SQLite as a BLOB, over ZeroMQ as its own message part, never inside the JSON.
@@ -9,30 +10,28 @@ from __future__ import annotations
 from datetime import datetime
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from retrofit_agent.common.strict import StrictModel
 
 SCHEMA_VERSION = 1
 EMBEDDING_DTYPE = np.float16
 
 
-class LabelScore(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LabelScore(StrictModel):
     group: str
     label: str
     score: float
 
 
-class ModelRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ModelRef(StrictModel):
     name: str
     manifest_sha256: str
 
 
-class Observation(BaseModel):
+class Observation(StrictModel):
     # In full JSON (queue export, upload) the embedding bytes are base64.
-    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     schema_version: int = SCHEMA_VERSION
     device_id: str

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.bundle_factory import rewrite_manifest
 from helpers.cli import agent, error_line
+from helpers.manifests import rewrite_manifest
 
 from retrofit_agent.bundle.labels import save_label_bank
 from retrofit_agent.bundle.manifest import load_bundle

@@ -2,7 +2,8 @@
 
 Under systemd, stderr is a journal stream (JOURNAL_STREAM names its device and inode); each line
 then starts with a `<N>` syslog priority that journald turns into the entry's level, and
-journald adds the time itself. On a terminal a line starts with the time and the level name.
+journald adds the time itself. On a terminal a line starts with the time and the level name;
+a one-shot command's lines start like its errors (`retrofit-agent: warning: ...`).
 Context is only what a call passes explicitly (`log.info("camera lost", extra=kv(...))`), so
 configuration values and anything secret never reach the log by accident.
 """
@@ -42,9 +43,13 @@ def format_value(value: Any) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    def __init__(self, journal: bool) -> None:
+    """`journal`: syslog priority prefixes; `command`: that name and the level instead of the
+    time (a command's stderr); else the time and the level."""
+
+    def __init__(self, journal: bool, command: str | None = None) -> None:
         super().__init__()
         self.journal = journal
+        self.command = command
 
     def format(self, record: logging.LogRecord) -> str:
         line = record.getMessage()
@@ -56,6 +61,8 @@ class KeyValueFormatter(logging.Formatter):
             lines += self.formatException(record.exc_info).splitlines()
         if self.journal:
             prefix = f"<{PRIORITIES.get(record.levelno, 6)}>"
+        elif self.command:
+            prefix = f"{self.command}: {record.levelname.lower()}: "
         else:
             prefix = f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname} "
         return "\n".join(prefix + part for part in lines)
@@ -72,14 +79,17 @@ def is_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
 
 
 def setup(
-    level: str = "INFO", stream: TextIO | None = None, environ: Mapping[str, str] | None = None
+    level: str = "INFO",
+    stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+    command: str | None = None,
 ) -> None:
-    """Send the package's logs to `stream` (stderr) in the format that suits it."""
+    """Send the package's logs to `stream` (stderr) in the format that suits it; `command`
+    names the one-shot command whose lines these are (outside the journal)."""
     stream = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        KeyValueFormatter(is_journal(stream, os.environ if environ is None else environ))
-    )
+    journal = is_journal(stream, os.environ if environ is None else environ)
+    handler.setFormatter(KeyValueFormatter(journal, command))
     logger = logging.getLogger("retrofit_agent")
     for old in list(logger.handlers):
         logger.removeHandler(old)

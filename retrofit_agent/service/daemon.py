@@ -10,7 +10,8 @@ watchdog): the reader thread prepares the model input, as in the dry run. Around
 - SIGHUP: config and model/label bank reloaded in place, the camera stays open; a bad new
   config is logged and the running one kept. Sections that need a restart say so.
 - Progress (a frame done, or a step of the camera watchdog) pings the systemd watchdog,
-  refreshes the metrics snapshot and STATUS=, and logs a status line now and then.
+  refreshes the metrics snapshot (service.catalogue) and STATUS=, and logs a status line now
+  and then.
 Signal handlers only set flags (and wake the sleep through a pipe); the loop acts on them.
 """
 
@@ -34,8 +35,10 @@ from retrofit_agent.config import AgentConfig, load_config
 from retrofit_agent.errors import ConfigError, RetrofitError
 from retrofit_agent.frames.capture import FrameSource
 from retrofit_agent.frames.runtime import Runtime
-from retrofit_agent.frames.stats import RunStats, quantiles
-from retrofit_agent.service.metrics import Exporter, Metric, render
+from retrofit_agent.frames.stats import RunStats
+from retrofit_agent.service import catalogue
+from retrofit_agent.service.catalogue import Values
+from retrofit_agent.service.metrics import Exporter, render
 from retrofit_agent.service.sdnotify import Notifier, Watchdog
 from retrofit_agent.service.supervisor import SupervisedSource
 from retrofit_agent.store.queue import open_store
@@ -45,30 +48,6 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # longest sleep slice: the watchdog and metrics stay fresh during a long backoff
 RESTART_SECTIONS = ("capture", "store", "publish", "metrics")  # not applied by a reload
-QUANTILES = (0.5, 0.9, 0.99)
-PREFIX = "retrofit_agent_"
-SINGLE_METRICS = {  # name (after PREFIX) -> (type, help)
-    "frames_total": ("counter", "Frames processed end to end."),
-    "frames_dropped_total": ("counter", "Frames the camera delivered faster than processed."),
-    "frames_corrupt_total": ("counter", "Frames skipped as corrupt."),
-    "frames_skipped_total": ("counter", "Frames skipped: no seq could be reserved (disk full)."),
-    "frames_preprocessed_inline_total": (
-        "counter",
-        "Frames whose model input was made on the inference thread, not the reader thread "
-        "(prepared for a bundle that a reload replaced).",
-    ),
-    "camera_up": ("gauge", "1 while the camera is open, 0 while it is being reopened."),
-    "camera_reconnects_total": ("counter", "Times the camera was reopened after a fault."),
-    "last_frame_timestamp_seconds": ("gauge", "When the last frame was processed (Unix time)."),
-    "queue_rows": ("gauge", "Observations in the database."),
-    "queue_bytes": ("gauge", "Bytes held by the database's used pages."),
-    "queue_max_bytes": ("gauge", "The byte bound that eviction keeps to."),
-    "queue_evicted_total": ("counter", "Rows evicted for the bound or a full disk."),
-    "queue_disk_full_total": ("counter", "Times the disk was full (SQLITE_FULL)."),
-    "queue_dropped_total": ("counter", "Observations not stored: no room even after eviction."),
-    "published_messages_total": ("counter", "ZeroMQ messages sent."),
-    "resident_memory_bytes": ("gauge", "Resident set size of the agent process."),
-}
 
 
 def main(config_path: Path) -> int:
@@ -226,18 +205,18 @@ class Service:
             log.info(
                 "status",
                 extra=kv(
-                    camera="up" if v["camera_up"] else "reopening",
-                    frames=v["frames_total"],
+                    camera="up" if v.camera_up else "reopening",
+                    frames=v.frames_total,
                     fps=self._fps,
-                    dropped=v["frames_dropped_total"],
-                    corrupt=v["frames_corrupt_total"],
-                    skipped=v["frames_skipped_total"],
-                    reconnects=v["camera_reconnects_total"],
-                    queue_rows=v["queue_rows"],
-                    queue_bytes=v["queue_bytes"],
-                    evicted=v["queue_evicted_total"],
-                    disk_full=v["queue_disk_full_total"],
-                    rss_bytes=v["resident_memory_bytes"],
+                    dropped=v.frames_dropped_total,
+                    corrupt=v.frames_corrupt_total,
+                    skipped=v.frames_skipped_total,
+                    reconnects=v.camera_reconnects_total,
+                    queue_rows=v.queue_rows,
+                    queue_bytes=v.queue_bytes,
+                    evicted=v.queue_evicted_total,
+                    disk_full=v.queue_disk_full_total,
+                    rss_bytes=v.resident_memory_bytes,
                 ),
             )
 
@@ -272,86 +251,26 @@ class Service:
         self._fps = (self.stats.frames - self._last_frames) / (now - self._last_snapshot)
         self._last_frames, self._last_snapshot = self.stats.frames, now
         values = self._values()
-        self.exporter.publish(render(self._metrics(values)))
+        metrics = catalogue.families(
+            values,
+            self.pipeline.device_id,
+            self.pipeline.model_ref,
+            self.camera.faults,
+            self.reloads,
+            self.stats,
+        )
+        self.exporter.publish(render(metrics))
         self.notifier.status(self._status_text(values))
 
-    def _values(self) -> dict[str, float]:
-        """The single-valued metrics (names without the prefix), also used for the status."""
-        camera, store, publisher = self.camera, self.store, self.runtime.publisher
-        rows, used = store.size()
-        return {
-            "frames_total": self.stats.frames,
-            "frames_dropped_total": camera.dropped,
-            "frames_corrupt_total": camera.corrupt_frames,
-            "frames_skipped_total": self.stats.skipped,
-            "frames_preprocessed_inline_total": self.pipeline.inline_preprocessed,
-            "camera_up": int(camera.up),
-            "camera_reconnects_total": camera.reconnects,
-            "last_frame_timestamp_seconds": self._last_frame_time,
-            "queue_rows": rows,
-            "queue_bytes": used,
-            "queue_max_bytes": store.max_bytes,
-            "queue_evicted_total": store.evicted,
-            "queue_disk_full_total": store.disk_full,
-            "queue_dropped_total": store.dropped,
-            "published_messages_total": publisher.sent if publisher else 0,
-            "resident_memory_bytes": resident_bytes(),
-        }
+    def _values(self) -> Values:
+        return catalogue.collect(self.runtime, self.camera, self._last_frame_time)
 
-    def _status_text(self, values: dict[str, float]) -> str:
-        camera = "up" if values["camera_up"] else "reopening"
+    def _status_text(self, values: Values) -> str:
+        camera = "up" if values.camera_up else "reopening"
         return (
-            f"camera {camera}, {values['frames_total']:.0f} frames ({self._fps:.1f} fps), "
-            f"queue {values['queue_rows']:.0f} rows"
+            f"camera {camera}, {values.frames_total:.0f} frames ({self._fps:.1f} fps), "
+            f"queue {values.queue_rows:.0f} rows"
         )
-
-    def _metrics(self, values: dict[str, float]) -> list[Metric]:
-        model = self.pipeline.model_ref
-        info = {
-            "version": __version__,
-            "device_id": self.pipeline.device_id,
-            "model": model.name,
-            "model_sha256": model.manifest_sha256[:12],
-        }
-        by_kind = [("", {"kind": k}, n) for k, n in sorted(self.camera.faults.items())]
-        by_result = [("", {"result": k}, n) for k, n in sorted(self.reloads.items())]
-        by_label = [
-            ("", {"group": g, "label": label}, n)
-            for (g, label), n in sorted(self.stats.label_counts.items())
-        ]
-        return [
-            Metric(PREFIX + "info", "gauge", "Agent and model.", [("", info, 1)]),
-            *(
-                Metric.single(PREFIX + name, kind, text, values[name])
-                for name, (kind, text) in SINGLE_METRICS.items()
-            ),
-            Metric(PREFIX + "camera_faults_total", "counter", "Camera faults by kind.", by_kind),
-            Metric(PREFIX + "reloads_total", "counter", "SIGHUP reloads by result.", by_result),
-            Metric(PREFIX + "labels_total", "counter", "Frames carrying each label.", by_label),
-            Metric(
-                PREFIX + "stage_latency_seconds",
-                "summary",
-                "Per-stage latency; quantiles over the last frames.",
-                self._latency_samples(),
-            ),
-        ]
-
-    def _latency_samples(self) -> list[tuple[str, dict[str, str], float]]:
-        samples: list[tuple[str, dict[str, str], float]] = []
-        for stage, window in self.stats.latency_ms.items():
-            if not window:
-                continue
-            values = quantiles(window.values(), QUANTILES) / 1e3
-            labels = {"stage": stage}
-            samples += [
-                ("", {**labels, "quantile": str(q)}, v)
-                for q, v in zip(QUANTILES, values, strict=True)
-            ]
-            samples += [
-                ("_sum", labels, self.stats.latency_sum_ms[stage] / 1e3),
-                ("_count", labels, self.stats.frames),
-            ]
-        return samples
 
     def close(self) -> None:
         self._closing.close()
@@ -359,12 +278,3 @@ class Service:
         signal.set_wakeup_fd(-1)
         os.close(self._wake_read)
         os.close(self._wake_write)
-
-
-def resident_bytes() -> int:
-    """This process's resident set size (Linux /proc), 0 where unavailable."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

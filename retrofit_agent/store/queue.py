@@ -8,27 +8,25 @@
   leaves a gap, never a duplicate `(device_id, seq)`.
 - Bound and eviction order: after each batch, while the table holds more than `max_rows` rows
   or its used pages exceed `max_bytes` (or what the filesystem can spare beyond
-  `min_free_bytes`), rows are deleted oldest uploaded first, then oldest pending. Insert and
-  eviction share one transaction. Freed pages are reused, so the file stays near its bound;
-  `retrofit-agent queue vacuum` returns the space to the filesystem.
-- A full disk (SQLITE_FULL) is not fatal: the batch is rolled back, a chunk of rows is evicted
-  in the order above and the batch retried; a batch that still does not fit after
-  FULL_RETRIES rounds is dropped and counted, never retried forever; while no block of seqs
-  can be reserved, allocate_seq raises StoreFull (the frame is skipped). Nothing is
-  remembered, so the queue grows again once space is freed; a full disk is logged at most
-  once a minute. Every committed batch is logged at debug level
-  (`committed rows= first_seq= last_seq=`): that line is the acknowledgement.
+  `min_free_bytes`: store.disk), rows are deleted oldest uploaded first, then oldest pending.
+  Insert and eviction share one transaction. Freed pages are reused, so the file stays near
+  its bound; `retrofit-agent queue vacuum` returns the space to the filesystem.
+- A full disk (SQLITE_FULL) is not fatal (store.disk has the policy): the batch is rolled
+  back, a chunk of rows is evicted in the order above and the batch retried; a batch that
+  still does not fit is dropped and counted; while no block of seqs can be reserved,
+  allocate_seq raises StoreFull (the frame is skipped). Every committed batch is logged at
+  debug level (`committed rows= first_seq= last_seq=`): that line is the acknowledgement.
 - Quarantined rows (refused for good by the ingest server) count as not uploaded: they are
   evicted together with pending rows, oldest first, and stay for diagnosis as long as those.
 - Upload state: rows leave `pending` only through `set_state` (transport.upload calls it after
-  the server's acknowledgement), so a crash re-sends instead of losing.
+  the server's acknowledgement), so a crash re-sends instead of losing. The upload byte budget
+  lives in the same file (store.budget); the tables and the `meta` table, in store.database.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,29 +38,16 @@ from retrofit_agent.common.sqlite import immediate
 from retrofit_agent.config import StoreConfig
 from retrofit_agent.errors import StoreError, StoreFull
 from retrofit_agent.observation import Observation
+from retrofit_agent.store.database import Meta, connect
+from retrofit_agent.store.disk import DiskPolicy, is_full
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 SEQ_BLOCK = 1000
 PENDING = "pending"
 UPLOADED = "uploaded"
 QUARANTINED = "quarantined"
 EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
-FULL_RETRIES = 3  # evict-and-retry rounds before a batch that does not fit is dropped
-FULL_COOLDOWN_S = 5.0  # after a failed seq reservation, the next try waits this long
-FULL_LOG_INTERVAL_S = 60.0  # a full disk is logged at most this often (it may last hours)
-# SQLite's own page cache per connection (its default is 2 MiB): the queue appends and reads
-# rows once, so the OS page cache serves as well; 256 KiB keeps the agent's RSS down.
-CACHE_KIB = 256
-# The tables as sqlite-utils created them before (plain sqlite3 saves ~3 MiB of agent RSS).
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
-    "CREATE TABLE IF NOT EXISTS observations (seq INTEGER PRIMARY KEY, "
-    "device_id TEXT NOT NULL, captured_utc TEXT NOT NULL, state TEXT NOT NULL, "
-    "header TEXT NOT NULL, embedding BLOB NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS idx_observations_state_seq ON observations (state, seq)",
-)
 INSERT = (
     "INSERT INTO observations (seq, device_id, captured_utc, state, header, embedding) "
     "VALUES (:seq, :device_id, :captured_utc, :state, :header, :embedding)"
@@ -85,25 +70,18 @@ class Store:
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_bytes = max_bytes
-        self.min_free_bytes = min_free_bytes
         self.commit_every = commit_every
         self.commit_interval_s = commit_interval_s
+        self.disk = DiskPolicy(self.path, min_free_bytes)
         self._pending: list[dict[str, Any]] = []
         self._oldest_pending_at = 0.0
         self.evicted = 0
-        self.disk_full = 0  # SQLITE_FULL events
         self.dropped = 0  # rows that did not fit even after eviction
-        self._full_until = 0.0  # no seq reservation is tried before this (monotonic)
-        self._full_logged_at = -FULL_LOG_INTERVAL_S
         try:
-            # autocommit: transactions are explicit (_immediate), never opened behind our back
-            self.db = sqlite3.connect(self.path, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-            self._create_schema()
+            self.db = connect(self.path, synchronous)
+            self._meta = Meta(self.db)
             self._rows = self._count()
-            self._next_seq = self._reserved = int(self._meta("seq_reserved", 1))
+            self._next_seq = self._reserved = int(self._meta.get("seq_reserved", 1))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open observation database: {exc}") from None
 
@@ -117,42 +95,19 @@ class Store:
     def _count(self) -> int:
         return self.db.execute("SELECT count(*) FROM observations").fetchone()[0]
 
-    def _create_schema(self) -> None:
-        with immediate(self.db):
-            for statement in SCHEMA:
-                self.db.execute(statement)
-            version = int(self._meta("schema_version", SCHEMA_VERSION))
-            if version != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: schema version {version}, this agent reads {SCHEMA_VERSION}"
-                )
-            if self._meta("schema_version", "") == "":  # a new database: no write otherwise
-                self._set_meta("schema_version", SCHEMA_VERSION)
-
-    def _meta(self, key: str, default: Any) -> str:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
-        return row[0] if row else str(default)
-
-    def _set_meta(self, key: str, value: Any) -> None:
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [key, str(value)],
-        )
-
     def allocate_seq(self) -> int:
         """The next sequence number; reserves a new block (one small commit) when needed.
 
-        StoreFull if the disk is too full to record the reservation (tried again after
-        FULL_COOLDOWN_S): a number that is not reserved on disk could be reused after a crash.
+        StoreFull if the disk is too full to record the reservation (tried again after the
+        disk policy's cool-down): a number not reserved on disk could be reused after a crash.
         """
         if self._next_seq >= self._reserved:
             reserved = self._next_seq + SEQ_BLOCK
             full = StoreFull(f"{self.path}: disk full, cannot reserve sequence numbers")
-            if time.monotonic() < self._full_until:
+            if not self.disk.may_reserve():
                 raise full
-            if not self._write(lambda: self._set_meta("seq_reserved", reserved)):
-                self._full_until = time.monotonic() + FULL_COOLDOWN_S
+            if not self._write(lambda: self._meta.set("seq_reserved", reserved)):
+                self.disk.reservation_failed()
                 raise full
             self._reserved = reserved
         seq = self._next_seq
@@ -190,32 +145,28 @@ class Store:
             )
         else:
             self.dropped += len(self._pending)
-            self._log_full("disk full, nothing left to evict: observations not stored")
+            self._report_full("disk full, nothing left to evict: observations not stored")
         self._pending.clear()
 
     def _insert_pending(self) -> None:
-        limit = self._byte_limit()
+        limit = self.disk.byte_limit(self.max_bytes)
         self.db.executemany(INSERT, self._pending)
         self._rows += len(self._pending)
         self._evict(limit)
 
     def _write(self, work: Callable[[], None]) -> bool:
         """Run `work` in a transaction, making room on SQLITE_FULL; False if it never fit."""
-        for attempt in range(FULL_RETRIES + 1):
-            if self._transaction(work, "write observations"):
-                return True
-            if attempt < FULL_RETRIES:
-                self._make_room()
-        return False
+        return self.disk.write(
+            lambda: self._transaction(work, "write observations"), self._make_room
+        )
 
     def _make_room(self) -> None:
         """After SQLITE_FULL: evict a chunk of rows in the usual order, in its own transaction
         (which may fail as well: then the retry fails and the batch is dropped)."""
-        self.disk_full += 1
         before = self._rows
         count = min(self._rows, max(EVICT_CHUNK, 2 * len(self._pending)))
         self._transaction(lambda: self._delete_oldest(count), "evict observations")
-        self._log_full("disk full: evicted the oldest rows to make room", before - self._rows)
+        self._report_full("disk full: evicted the oldest rows to make room", before - self._rows)
 
     def _transaction(self, work: Callable[[], None], what: str) -> bool:
         """`work` committed (True), or rolled back on SQLITE_FULL (False); StoreError else."""
@@ -225,17 +176,13 @@ class Store:
                 work()
         except sqlite3.DatabaseError as exc:  # rolled back: so are the counts
             self._rows, self.evicted = self._count(), evicted
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            if not is_full(exc):
                 raise StoreError(f"{self.path}: cannot {what}: {exc}") from None
             return False
         return True
 
-    def _log_full(self, message: str, evicted: int = 0) -> None:
-        now = time.monotonic()
-        if now - self._full_logged_at >= FULL_LOG_INTERVAL_S:
-            self._full_logged_at = now
-            context = kv(path=self.path, evicted=evicted, rows=self._rows, dropped=self.dropped)
-            log.warning(message, extra=context)
+    def _report_full(self, message: str, evicted: int = 0) -> None:
+        self.disk.report(message, evicted=evicted, rows=self._rows, dropped=self.dropped)
 
     def size(self) -> tuple[int, int]:
         """Rows and used bytes, without a table scan (cheap enough for every metrics snapshot)."""
@@ -246,14 +193,6 @@ class Store:
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         size = self.db.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
-
-    def _byte_limit(self) -> int:
-        """`max_bytes`, less where the filesystem is short: the database file only grows into
-        free space beyond `min_free_bytes`, so it never fills the disk (on a full disk SQLite
-        may not even manage the deletes that would make room)."""
-        fs = os.statvfs(self.path.parent)
-        spare = fs.f_bavail * fs.f_frsize - self.min_free_bytes
-        return min(self.max_bytes, self.path.stat().st_size + max(0, spare))
 
     def _evict(self, limit: int) -> None:
         if self._rows > self.max_rows:
@@ -326,19 +265,6 @@ class Store:
                 )
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot update upload state: {exc}") from None
-
-    def upload_spent(self, day: str) -> int:
-        """Bytes uploaded on `day` (a UTC date): kept here so a restart cannot reset the budget."""
-        return int(self._meta("upload_spent", 0)) if self._meta("upload_day", "") == day else 0
-
-    def add_upload_spent(self, day: str, nbytes: int) -> None:
-        try:
-            with immediate(self.db):
-                spent = self.upload_spent(day) + nbytes
-                self._set_meta("upload_day", day)
-                self._set_meta("upload_spent", spent)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: cannot record upload bytes: {exc}") from None
 
     def vacuum(self) -> None:
         """Return freed pages to the filesystem and truncate the WAL."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt
 
+from retrofit_agent.common.strict import StrictModel
 from retrofit_agent.observation import Observation
 
 PROTOCOL = 1
@@ -22,10 +23,8 @@ class UploadedObservation(Observation):
     embedding: bytes | None = None
 
 
-class Batch(BaseModel):
+class Batch(StrictModel):
     """The request envelope. Rows are checked one by one (UploadedObservation) by the server."""
-
-    model_config = ConfigDict(extra="forbid")
 
     protocol: Literal[1]
     batch_id: str = Field(min_length=1, max_length=64)
@@ -33,6 +32,9 @@ class Batch(BaseModel):
 
 
 class RejectedRow(BaseModel):
+    """A row the server would not store, and why. The answer's models are not StrictModel:
+    unknown fields are ignored, so an older agent keeps working against a newer server."""
+
     seq: StrictInt
     error: str
 

@@ -5,7 +5,7 @@ The wire protocol is docs/upload-protocol.md; retrofit_agent.fleet.ingest is its
 - A row leaves `pending` only when an acknowledgement naming it arrives. A crash, a timeout or
   a lost answer re-sends at most the batch in flight; the server deduplicates by
   `(device_id, seq)`, so a re-send is harmless.
-- Every failed attempt waits a full-jitter exponential backoff, uniform in
+- Every failed attempt waits a full-jitter exponential backoff (common.backoff), uniform in
   [0, min(cap, base * 2**(failures - 1))], or longer if the server sent Retry-After: a dead link
   costs a bounded number of requests per hour, and a fleet does not retry in lockstep.
 - A batch refused for its content (400, 413, 422) is halved at once until the culprit stands
@@ -14,8 +14,9 @@ The wire protocol is docs/upload-protocol.md; retrofit_agent.fleet.ingest is its
   a whole fleet's queues. Rows the server rejects in its acknowledgement are quarantined at
   once. Other 4xx and certificate failures mean the device is misconfigured: nothing is
   quarantined.
-- Request bodies count against a daily byte budget (per UTC day, kept in the store so restarts
-  cannot reset it) and are paced to a maximum rate; batches start only inside upload windows.
+- Request bodies count against a daily byte budget (store.budget: per UTC day, in the queue's
+  database so restarts cannot reset it) and are paced to a maximum rate; batches start only
+  inside upload windows.
 
 `Uploader.run_once` is one step for a service loop; `Uploader.drain` is the loop itself.
 """
@@ -44,8 +45,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from retrofit_agent import __version__
+from retrofit_agent.common.backoff import Backoff
+from retrofit_agent.common.logs import kv
+from retrofit_agent.common.strict import first_error
 from retrofit_agent.config import UploadConfig, Window
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
+from retrofit_agent.store.budget import UploadBudget
 from retrofit_agent.store.queue import QUARANTINED, UPLOADED, Store
 from retrofit_agent.transport.link import Link, describe, ssl_context
 from retrofit_agent.transport.protocol import PROTOCOL, Ack
@@ -134,7 +139,7 @@ def read_ack(data: bytes, payload: Payload) -> Ack:
     try:
         ack = Ack.model_validate_json(data)
     except ValidationError as exc:
-        raise ValueError(f"not an acknowledgement: {exc.errors()[0]['msg']}") from None
+        raise ValueError(f"not an acknowledgement: {first_error(exc, 'answer')}") from None
     if ack.batch_id != payload.batch_id:
         raise ValueError(f"acknowledges batch {ack.batch_id!r}, not {payload.batch_id!r}")
     named = set(ack.accepted) | {r.seq for r in ack.rejected}
@@ -214,6 +219,7 @@ class Uploader:
             raise ConfigError("upload.endpoint: not set (the ingest server's https:// URL)")
         self.config = config
         self.store = store
+        self.budget = UploadBudget(store.db, store.path)
         self._token = read_token(config.token_file)
         self._headers = {
             "Content-Type": "application/json",
@@ -223,8 +229,8 @@ class Uploader:
         }
         self._link = Link(config.endpoint, config.timeout_s, ssl_context(config))
         self._clock = clock
-        self._rng = rng or random.Random()
-        self._failures = 0  # in a row, for the backoff
+        rand = (rng or random.Random()).random
+        self._backoff = Backoff(config.backoff_base_s, config.backoff_cap_s, "full", rand)
         self._batch_rows = config.batch_rows  # halved until a refused row is isolated
         self._next_at = 0.0  # time.monotonic() before which no request goes out
 
@@ -304,7 +310,10 @@ class Uploader:
                 rows.append((seq, row))
             if broken:
                 self.store.set_state(broken, QUARANTINED)
-                log.warning("quarantined %d rows with broken JSON: seq %s", len(broken), broken)
+                log.warning(
+                    "quarantined rows with broken JSON",
+                    extra=kv(rows=len(broken), seqs=",".join(map(str, broken))),
+                )
             if rows:
                 return rows
         return []
@@ -312,7 +321,7 @@ class Uploader:
     def _budget_left(self, day: str) -> float:
         if self.config.max_bytes_per_day is None:
             return float("inf")
-        return self.config.max_bytes_per_day - self.store.upload_spent(day)
+        return self.config.max_bytes_per_day - self.budget.spent(day)
 
     def _fit(self, rows: list[tuple[int, dict[str, Any]]], budget_left: float) -> Payload | None:
         """The batch, halved until it fits batch_bytes (one row always goes) and the budget."""
@@ -324,7 +333,7 @@ class Uploader:
         return payload if len(payload.body) <= budget_left else None
 
     def _send(self, payload: Payload, day: str) -> Step:
-        self.store.add_upload_spent(day, len(payload.body))  # before: a crash cannot hide it
+        self.budget.add(day, len(payload.body))  # before: a crash cannot hide it
         started = time.monotonic()
         if self.config.max_bytes_per_s:
             self._next_at = started + len(payload.body) / self.config.max_bytes_per_s
@@ -333,10 +342,11 @@ class Uploader:
         except ssl.SSLCertVerificationError as exc:
             return self._failed(Outcome.REFUSED, payload, f"certificate: {exc.verify_message}")
         except (OSError, http.client.HTTPException) as exc:
-            return self._failed(Outcome.FAILED, payload, describe(exc, self.config.timeout_s))
+            error = self._redact(describe(exc, self.config.timeout_s))  # may quote the server
+            return self._failed(Outcome.FAILED, payload, error)
         if 200 <= status < 300:
             return self._acknowledged(payload, data)
-        error = f"HTTP {status}: {data[:200].decode(errors='replace')}"
+        error = self._redact(f"HTTP {status}: {data[:200].decode(errors='replace')}")
         if status in CONTENT_REFUSED:
             return self._content_refused(payload, error)
         if status in TRANSIENT or status >= 500:
@@ -348,14 +358,17 @@ class Uploader:
         try:
             ack = read_ack(data, payload)
         except ValueError as exc:
-            return self._failed(Outcome.FAILED, payload, f"unusable answer: {exc}")
+            return self._failed(Outcome.FAILED, payload, self._redact(f"unusable answer: {exc}"))
         rejected = [r.seq for r in ack.rejected]
         self.store.set_state(ack.accepted, UPLOADED)
         self.store.set_state(rejected, QUARANTINED)
         for row in ack.rejected:
-            log.warning("seq %d quarantined, the server rejected it: %s", row.seq, row.error)
-        self._failures = 0
-        log.info("batch %s: %d rows uploaded", payload.batch_id, len(ack.accepted))
+            log.warning(
+                "quarantined a row the server rejected",
+                extra=kv(seq=row.seq, error=self._redact(row.error)),
+            )
+        self._backoff.reset()
+        log.info("batch uploaded", extra=kv(batch_id=payload.batch_id, rows=len(ack.accepted)))
         return Step(
             Outcome.SENT,
             self._wait(),
@@ -370,11 +383,16 @@ class Uploader:
         are accepted meanwhile keep the small size, so the search stays near the culprit."""
         if len(payload.seqs) > 1:
             self._batch_rows = len(payload.seqs) // 2
-            log.warning("%s; trying %d rows of the %d", error, self._batch_rows, len(payload.seqs))
+            log.warning(
+                "batch refused, trying half of it",
+                extra=kv(rows=len(payload.seqs), next_rows=self._batch_rows, error=error),
+            )
             return Step(Outcome.REJECTED, self._wait(), len(payload.body), error=error)
         self.store.set_state(payload.seqs, QUARANTINED)
         self._batch_rows = self.config.batch_rows
-        log.warning("seq %d quarantined, the server refused it: %s", payload.seqs[0], error)
+        log.warning(
+            "quarantined a row the server refused", extra=kv(seq=payload.seqs[0], error=error)
+        )
         return self._failed(Outcome.REJECTED, payload, error, quarantined=1)
 
     def _failed(
@@ -385,20 +403,17 @@ class Uploader:
         retry_after_s: float = 0.0,
         quarantined: int = 0,
     ) -> Step:
-        self._failures += 1
-        error = error.replace(self._token, "<token>")  # a server may echo the header back
-        exponent = min(self._failures - 1, 32)
-        ceiling = min(self.config.backoff_cap_s, self.config.backoff_base_s * 2**exponent)
-        delay = max(self._rng.uniform(0, ceiling), retry_after_s)
+        delay = self._backoff.next_delay(at_least_s=retry_after_s)
         self._next_at = max(self._next_at, time.monotonic() + delay)
         log.warning(
-            "upload of %d row(s) %s: %s; next try in %.1f s",
-            len(payload.seqs),
-            outcome,
-            error,
-            delay,
+            f"upload {outcome}",
+            extra=kv(rows=len(payload.seqs), error=error, next_try_in_s=delay),
         )
         return Step(outcome, self._wait(), len(payload.body), quarantined=quarantined, error=error)
+
+    def _redact(self, text: str) -> str:
+        """Server text as it may be logged: a server may echo the Authorization header back."""
+        return text.replace(self._token, "<token>")
 
     def _wait(self) -> float:
         return max(0.0, self._next_at - time.monotonic())

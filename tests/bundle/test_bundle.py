@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers.bundle_factory import rewrite_manifest
+from helpers.manifests import rewrite_manifest
 
 from retrofit_agent.bundle.labels import save_label_bank
 from retrofit_agent.bundle.manifest import load_bundle

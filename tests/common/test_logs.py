@@ -32,6 +32,22 @@ def test_terminal_lines_have_time_level_message_and_context(capture):
     assert line[:19].count("-") == 2 and line[10] == "T"
 
 
+def test_a_command_writes_its_name_and_the_level_like_its_errors(capture, tmp_path):
+    logger, stream = capture
+    logs.setup("WARNING", stream, environ={}, command="retrofit-agent")
+    logger.info("not shown at WARNING")
+    logger.warning("upload failed", extra=kv(rows=5, error="HTTP 500: busy"))
+    assert stream.getvalue().splitlines() == [
+        'retrofit-agent: warning: upload failed rows=5 error="HTTP 500: busy"'
+    ]
+    with open(tmp_path / "journal", "w") as journal:  # run by a unit: the journal's format
+        stat = os.fstat(journal.fileno())
+        environ = {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        logs.setup("WARNING", journal, environ=environ, command="retrofit-agent")
+        logger.warning("upload failed", extra=kv(rows=5))
+    assert (tmp_path / "journal").read_text() == "<4>upload failed rows=5\n"
+
+
 def test_journal_stream_gets_syslog_priorities(capture, tmp_path):
     logger, _ = capture
     path = tmp_path / "journal"

@@ -117,6 +117,7 @@ def test_inputs_prepared_on_the_reader_thread_give_the_same_observations(
 def test_a_reload_to_another_input_size_remakes_inputs_prepared_for_the_old_bundle(
     tiny_bundle, synthetic_video, tmp_path
 ):
+    pytest.importorskip("onnx", reason="builds a second bundle (onnx: not on the camera)")
     from helpers.bundle_factory import build_bundle
 
     small = build_bundle(tmp_path / "small", size=32, name="tiny-32")

@@ -10,7 +10,6 @@ onnxruntime's static quantizer. Its labels mean nothing; the plumbing around it 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -166,14 +165,6 @@ def build_bundle(
         },
     )
     return path
-
-
-def rewrite_manifest(bundle, **change):
-    """Re-hash the bundle's files (as a builder would) with some manifest fields changed."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    fields = {k: v for k, v in manifest.items() if k not in ("schema_version", "files")}
-    fields.update(change)
-    write_manifest(bundle, **fields)
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def test_full_disk_evicts_uploaded_then_oldest_and_keeps_storing(tmp_path, caplo
     add(store, 600)
     store.flush()
 
-    assert store.disk_full >= 1 and store.dropped == 0
+    assert store.disk.full_events >= 1 and store.dropped == 0
     assert page_count(store) <= full_at  # the file never grew past the full disk
     rows = store.db.execute("SELECT seq, state FROM observations ORDER BY seq").fetchall()
     assert [seq for seq, _ in rows[-600:]] == list(range(2001, 2601))  # every new row is there
@@ -88,7 +88,7 @@ def test_full_disk_with_nothing_to_evict_drops_the_batch_and_recovers(tmp_path):
     store.db.execute(f"PRAGMA max_page_count = {page_count(store)}")
     add(store, 49, dim=2048)  # needs new pages, and nothing is there to evict
     store.flush()
-    assert store.dropped == 49 and store.disk_full >= 1  # counted, not raised
+    assert store.dropped == 49 and store.disk.full_events >= 1  # counted, not raised
     store.db.execute("PRAGMA max_page_count = 1000000")  # space again
     add(store, 50)
     assert store.stats()["rows"] == 50 and store.stats()["first_seq"] == 51
@@ -96,7 +96,7 @@ def test_full_disk_with_nothing_to_evict_drops_the_batch_and_recovers(tmp_path):
 
 
 def test_no_seq_without_a_reservation_on_disk(small_filesystem, monkeypatch):
-    monkeypatch.setattr("retrofit_agent.store.queue.FULL_COOLDOWN_S", 0.5)
+    monkeypatch.setattr("retrofit_agent.store.disk.FULL_COOLDOWN_S", 0.5)
     fs = small_filesystem(1)
     store = Store(fs / "q.db")
     seqs = [store.allocate_seq() for _ in range(SEQ_BLOCK)]  # the first block is on disk
@@ -122,7 +122,7 @@ def test_the_database_leaves_the_filesystem_its_reserve(small_filesystem):
         add(store, 50, dim=1024)
         lowest = min(lowest, free_bytes(fs))
     store.flush()
-    assert store.disk_full == store.dropped == 0  # never ran into a full disk
+    assert store.disk.full_events == store.dropped == 0  # never ran into a full disk
     assert store.evicted > 0 and store.stats()["last_seq"] == 12000
     # what can still go below the reserve: the WAL (up to its 1000-page checkpoint) and a batch
     assert lowest >= reserve - 5 * MIB

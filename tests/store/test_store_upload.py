@@ -1,4 +1,5 @@
-"""The store's side of uploading: pending rows in order, state changes, the byte budget."""
+"""The store's side of uploading: pending rows in order, state changes (the byte budget:
+test_budget)."""
 
 from helpers.observations import add
 
@@ -36,18 +37,4 @@ def test_quarantined_rows_are_evicted_with_pending_ones_oldest_first(tmp_path):
     store.set_state([4], UPLOADED)
     add(store, 2)  # uploaded 4 first, then the oldest other row: quarantined 1
     assert [o.seq for o in store.observations()] == [2, 3, 5, 6, 7]
-    store.close()
-
-
-def test_upload_budget_survives_a_restart_and_resets_each_day(tmp_path):
-    store = Store(tmp_path / "q.db")
-    store.add_upload_spent("2026-11-29", 1000)
-    store.add_upload_spent("2026-11-29", 234)
-    store.close()
-    store = Store(tmp_path / "q.db")
-    assert store.upload_spent("2026-11-29") == 1234
-    assert store.upload_spent("2026-11-30") == 0
-    store.add_upload_spent("2026-11-30", 5)
-    assert store.upload_spent("2026-11-30") == 5
-    assert store.upload_spent("2026-11-29") == 0  # only the current day is kept
     store.close()

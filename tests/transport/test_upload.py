@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import logging
 import random
@@ -24,11 +25,13 @@ from helpers.ingest_server import (
     server_tls,
     serving,
 )
+from helpers.logs import log_text
 from helpers.observations import add
 
 from retrofit_agent.config import UploadConfig
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
 from retrofit_agent.fleet.sqlite_store import SqliteStore
+from retrofit_agent.store.budget import UploadBudget
 from retrofit_agent.store.queue import PENDING, QUARANTINED, UPLOADED, Store
 from retrofit_agent.transport.upload import (
     MAX_RETRY_AFTER_S,
@@ -98,7 +101,8 @@ def test_happy_path_with_embeddings(queue, database, tmp_path):
     assert states(queue) == {PENDING: 0, UPLOADED: ROWS, QUARANTINED: 0}
     assert (stats.requests, stats.uploaded, stats.duplicates) == (5, ROWS, 0)
     assert stats.stopped == "empty"
-    assert stats.sent_bytes == queue.upload_spent(datetime.now(UTC).date().isoformat())
+    today = datetime.now(UTC).date().isoformat()
+    assert stats.sent_bytes == UploadBudget(queue.db, queue.path).spent(today)
     assert server.uploaded_without_ack == set()
     with contextlib.closing(sqlite3.connect(tmp_path / "ingest.db")) as conn:
         stored = dict(conn.execute("SELECT seq, embedding FROM observations"))
@@ -120,7 +124,7 @@ def test_every_fault_converges_to_exactly_once(queue, database, tmp_path, caplog
     assert server.uploaded_without_ack == set()
     assert min(server.gaps_after("429")) >= 1.0  # Retry-After: 1 was honoured
     assert elapsed < 10
-    assert TOKEN not in caplog.text
+    assert TOKEN not in log_text(caplog.records)
     print(f"\nfault test converged: {stats.requests} requests in {elapsed:.2f} s")
 
 
@@ -220,7 +224,7 @@ def test_budget_stops_uploads_and_resumes_the_next_day(queue, database, tmp_path
         while states(queue)[PENDING] and days < 30:
             up = Uploader(settings, queue, clock=lambda: now[0])
             stats = up.drain(once=True)
-            spent = queue.upload_spent(now[0].date().isoformat())
+            spent = UploadBudget(queue.db, queue.path).spent(now[0].date().isoformat())
             assert stats.sent_bytes == spent <= budget
             assert stats.stopped in ("budget", "empty") and stats.uploaded > 0
             if stats.stopped == "budget":  # a restart the same day does not reset the budget
@@ -277,7 +281,7 @@ def test_wrong_token_is_refused_and_never_logged(queue, database, tmp_path, capl
         uploader(server.url, tmp_path, queue).drain(once=True)
     assert err.value.exit_code == 77
     assert states(queue)[PENDING] == ROWS and held(server) == []
-    assert TOKEN not in caplog.text and TOKEN not in str(err.value)
+    assert TOKEN not in log_text(caplog.records) and TOKEN not in str(err.value)
 
 
 def test_unreachable_host_gives_up_after_the_configured_failures(queue, tmp_path):
@@ -362,6 +366,11 @@ def test_endpoint_must_be_https_except_on_loopback(endpoint, ok):
             UploadConfig(endpoint=endpoint)
 
 
+def test_backoff_base_above_its_cap_is_a_config_error():
+    with pytest.raises(ValueError, match="backoff_base_s must not exceed backoff_cap_s"):
+        UploadConfig(backoff_base_s=10.0, backoff_cap_s=5.0)
+
+
 def test_bad_windows_are_config_errors():
     with pytest.raises(ValueError, match="HH:MM-HH:MM"):
         UploadConfig(windows=["25:00-06:00"])
@@ -373,4 +382,36 @@ def test_log_lines_name_what_failed(queue, database, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     with serving(FaultyServer(database, ["500"])) as server:
         uploader(server.url, tmp_path, queue).drain(once=True)
-    assert "upload of 20 row(s) failed: HTTP 500" in caplog.text
+    assert 'upload failed rows=20 error="HTTP 500: ' in log_text(caplog.records)
+
+
+class EchoingHandler(http.server.BaseHTTPRequestHandler):
+    """Refuses every batch (400), quoting the request's Authorization header back."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = f"bad batch, sent with {self.headers['Authorization']}".encode()
+        self.send_response(400)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+def test_a_token_echoed_by_the_server_is_never_logged(queue, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    server = http.server.HTTPServer(("127.0.0.1", 0), EchoingHandler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/observations"
+    try:
+        up = uploader(url, tmp_path, queue, batch_rows=2)
+        steps = [up.run_once(), up.run_once()]  # 2 rows refused, then the first alone
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [s.quarantined for s in steps] == [0, 1]
+    text = log_text(caplog.records)
+    assert "batch refused, trying half of it" in text and "<token>" in text
+    assert TOKEN not in text and all(TOKEN not in (s.error or "") for s in steps)

@@ -110,7 +110,7 @@ def test_exit_codes_for_bad_input(database, tmp_path):
     result = agent("--config", unreachable, "upload", "--once", "--db", db)
     assert result.returncode == 75
     assert "gave up after 3 failed attempts" in error_line(result)
-    assert "retrofit-agent: warning: upload of 5 row(s) failed" in result.stderr
+    assert "retrofit-agent: warning: upload failed rows=5 error=" in result.stderr
 
     database.store.revoke_device("cam-1")
     with serving(FaultyServer(database)) as server:
