@@ -1,22 +1,21 @@
-"""The reference ingest server: validation, deduplication and status codes, over real HTTP."""
+"""The ingest app over real HTTP, on each store: idempotency, validation, statuses, binding."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import http.client
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from helpers.ingest_server import TOKEN, serving
+from helpers.ingest_server import DIM, EVER, TOKEN, backend
 from helpers.observations import observation
 
-from retrofit_agent.fleet import ingest
-from retrofit_agent.fleet.ingest import PATH, IngestDatabase, IngestServer
+from retrofit_agent.fleet.app import OBSERVATIONS
+from retrofit_agent.fleet.limits import Limits
+from retrofit_agent.fleet.store import ObservationQuery, open_store
 
+OTHER_TOKEN = "token-of-cam-2-0123456789"
+DEVICES = {"cam-1": TOKEN, "cam-2": OTHER_TOKEN}
 HEADERS = {
     "Content-Type": "application/json",
     "Content-Encoding": "gzip",
@@ -24,11 +23,11 @@ HEADERS = {
 }
 
 
-def row(seq: int, embedding: bool = True) -> dict:
+def row(seq: int, device: str = "cam-1", embedding: bool = True, **fields) -> dict:
     obs = json.loads(observation(seq).model_dump_json())
     if not embedding:
         del obs["embedding"]
-    return obs
+    return {**obs, "device_id": device, **fields}
 
 
 def batch(rows: list[dict], batch_id: str = "b-1", **fields) -> bytes:
@@ -36,10 +35,9 @@ def batch(rows: list[dict], batch_id: str = "b-1", **fields) -> bytes:
     return gzip.compress(json.dumps(envelope).encode())
 
 
-def post(url: str, body: bytes, headers: dict[str, str] = HEADERS, path: str = PATH):
+def post(url: str, body: bytes, headers: dict[str, str] = HEADERS, path: str = OBSERVATIONS):
     """(status, answer as JSON) of one POST."""
-    host_port = url.split("/")[2]
-    conn = http.client.HTTPConnection(host_port, timeout=5)
+    conn = http.client.HTTPConnection(url.split("/")[2], timeout=10)
     try:
         conn.request("POST", path, body, headers)
         response = conn.getresponse()
@@ -49,106 +47,130 @@ def post(url: str, body: bytes, headers: dict[str, str] = HEADERS, path: str = P
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> IngestServer:
-    database = IngestDatabase(tmp_path / "ingest.db")
-    with serving(IngestServer(("127.0.0.1", 0), database, TOKEN)) as server:
-        yield server
-    database.close()
+def server(database_url):
+    store = open_store(database_url)
+    limits = Limits(embedding_dim=DIM, max_age_days=36_500, max_rows=50)
+    with backend(store, limits, DEVICES) as running:
+        yield running
+    store.close()
 
 
 def test_stores_once_and_acknowledges_every_copy(server):
     status, ack = post(server.url, batch([row(1), row(2, embedding=False)]))
-    assert status == 200
-    assert ack == {
-        "protocol": 1,
-        "batch_id": "b-1",
-        "accepted": [1, 2],
-        "rejected": [],
-        "duplicates": 0,
-    }
+    assert (status, ack) == (
+        200,
+        {"protocol": 1, "batch_id": "b-1", "accepted": [1, 2], "rejected": [], "duplicates": 0},
+    )
     status, ack = post(server.url, batch([row(2), row(3)], batch_id="b-2"))
     assert (status, ack["accepted"], ack["duplicates"]) == (200, [2, 3], 1)
-    assert server.database.stored_keys() == [("cam-1", 1), ("cam-1", 2), ("cam-1", 3)]
+    assert server.stored_keys() == [("cam-1", 1), ("cam-1", 2), ("cam-1", 3)]
 
 
 def test_a_bad_row_is_rejected_alone(server):
-    bad = row(2)
-    bad["labels"] = "not a list"
+    bad = row(2, labels="not a list")
     status, ack = post(server.url, batch([row(1), bad, {**row(3), "extra": 1}, row(4)]))
     assert status == 200 and ack["accepted"] == [1, 4]
     assert [r["seq"] for r in ack["rejected"]] == [2, 3]
     assert ack["rejected"][0]["error"].startswith("labels:")
-    assert server.database.stored_keys() == [("cam-1", 1), ("cam-1", 4)]
+    assert server.stored_keys() == [("cam-1", 1), ("cam-1", 4)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"seq": 2**63}, "seq: 9223372036854775808 is not within 1..9223372036854775807"),
+        ({"seq": 0}, "seq: 0 is not within"),
+        ({"schema_version": 999}, "schema_version: 999 is unknown (known: [1])"),
+        ({"embedding": "AAAA"}, f"embedding: 3 bytes, not {2 * DIM} ({DIM} float16)"),
+        ({"device_id": "cam-2"}, "device_id: 'cam-2' is not the device of this token"),
+        ({"captured_utc": "2026-11-29T12:00:00"}, "captured_utc: has no time zone"),
+        ({"captured_utc": "1900-01-01T00:00:00Z"}, "days old or in the future"),
+    ],
+)
+def test_rows_the_type_cannot_refuse_are_rejected_and_not_stored(server, fields, error):
+    status, ack = post(server.url, batch([row(1), {**row(5), **fields}]))
+    assert status == 200 and ack["accepted"] == [1]
+    ((rejected,),) = [ack["rejected"]]
+    assert rejected["seq"] == fields.get("seq", 5) and error in rejected["error"]
+    assert server.stored_keys() == [("cam-1", 1)]
+
+
+def test_forged_rows_cannot_preempt_another_devices_rows(server):
+    """Before: cam-2's token stored 50 rows as cam-1, and cam-1's real rows were then
+    acknowledged as duplicates and lost."""
+    forged = [row(seq, device="cam-1", source="forged") for seq in range(1, 51)]
+    status, ack = post(
+        server.url, batch(forged), {**HEADERS, "Authorization": f"Bearer {OTHER_TOKEN}"}
+    )
+    assert status == 200 and ack["accepted"] == [] and len(ack["rejected"]) == 50
+    status, ack = post(server.url, batch([row(seq) for seq in range(1, 51)], "b-2"))
+    assert (status, ack["accepted"], ack["duplicates"]) == (200, list(range(1, 51)), 0)
+    stored = [
+        json.loads(h)["source"] for _, h in server.store.observations(ObservationQuery(*EVER))
+    ]
+    assert len(stored) == 50 and "forged" not in stored
+
+
+def test_the_same_seq_from_two_devices_is_not_seq_twice(server):
+    status, ack = post(server.url, batch([row(7), row(7, device="cam-2")]))
+    assert status == 200 and ack["accepted"] == [7]
+    assert ack["rejected"] == [
+        {"seq": 7, "error": "device_id: 'cam-2' is not the device of this token"}
+    ]
+    assert server.stored_keys() == [("cam-1", 7)]
+
+
+def test_revocation_takes_effect_at_the_next_request(server):
+    assert post(server.url, batch([row(1)]))[0] == 200
+    assert server.store.revoke_device("cam-1")
+    status, answer = post(server.url, batch([row(2)], "b-2"))
+    assert (status, answer["error"]) == (401, "unknown or revoked device token")
+    assert server.stored_keys() == [("cam-1", 1)]
 
 
 @pytest.mark.parametrize(
     ("body", "headers", "path", "status", "error"),
     [
-        (batch([row(1)]), {**HEADERS, "Authorization": "Bearer nope"}, PATH, 401, "token"),
+        (batch([row(1)]), {**HEADERS, "Authorization": "Bearer nope"}, OBSERVATIONS, 401, "token"),
+        (batch([row(1)]), {**HEADERS, "Authorization": ""}, OBSERVATIONS, 401, "token"),
+        (batch([row(1)]), HEADERS, "/v2/things", 404, "no such endpoint"),
         (
             batch([row(1)]),
-            {k: v for k, v in HEADERS.items() if k != "Authorization"},
-            PATH,
-            401,
-            "token",
+            {**HEADERS, "Content-Type": "text/plain"},
+            OBSERVATIONS,
+            415,
+            "Content-Type",
         ),
-        (batch([row(1)]), HEADERS, "/v2/things", 404, "no such endpoint"),
-        (batch([row(1)]), {**HEADERS, "Content-Type": "text/plain"}, PATH, 415, "Content-Type"),
-        (batch([row(1)]), {**HEADERS, "Content-Encoding": "br"}, PATH, 415, "Content-Encoding"),
-        (b"plain bytes", HEADERS, PATH, 400, "not valid gzip"),
-        (batch([row(1)])[:-10], HEADERS, PATH, 400, "truncated"),
-        (gzip.compress(b"{not json"), HEADERS, PATH, 400, "not a batch"),
-        (batch([row(1)], protocol=2), HEADERS, PATH, 400, "protocol"),
-        (batch([]), HEADERS, PATH, 400, "rows"),
-        (batch([row(1)], batch_id=""), HEADERS, PATH, 400, "batch_id"),
-        (batch([row(1)], extra=True), HEADERS, PATH, 400, "extra"),
-        (batch([row(1), row(1)]), HEADERS, PATH, 400, "seq 1 twice"),
-        (batch([{**row(1), "seq": "1"}]), HEADERS, PATH, 400, "no integer seq"),
-        (batch(["a row"]), HEADERS, PATH, 400, "rows.0"),
+        (
+            batch([row(1)]),
+            {**HEADERS, "Content-Encoding": "br"},
+            OBSERVATIONS,
+            415,
+            "Content-Encoding",
+        ),
+        (b"plain bytes", HEADERS, OBSERVATIONS, 400, "not valid gzip"),
+        (batch([row(1)])[:-10], HEADERS, OBSERVATIONS, 400, "truncated"),
+        (batch([row(1)]) + b"more", HEADERS, OBSERVATIONS, 400, "after the end"),
+        (gzip.compress(b"{not json"), HEADERS, OBSERVATIONS, 400, "not a batch"),
+        (batch([row(1)], protocol=2), HEADERS, OBSERVATIONS, 400, "protocol"),
+        (batch([]), HEADERS, OBSERVATIONS, 400, "rows"),
+        (batch([row(1)], batch_id=""), HEADERS, OBSERVATIONS, 400, "batch_id"),
+        (batch([row(1)], extra=True), HEADERS, OBSERVATIONS, 400, "extra"),
+        (batch([row(1)], events=[]), HEADERS, OBSERVATIONS, 400, "events"),
+        (batch([row(1), row(1)]), HEADERS, OBSERVATIONS, 400, "seq 1 twice"),
+        (batch([{**row(1), "seq": "1"}]), HEADERS, OBSERVATIONS, 400, "no integer seq"),
+        (batch(["a row"]), HEADERS, OBSERVATIONS, 400, "rows.0"),
+        (
+            batch([row(s) for s in range(1, 52)]),
+            HEADERS,
+            OBSERVATIONS,
+            413,
+            "51 rows, this server takes 50",
+        ),
     ],
 )
 def test_refusals_store_nothing(server, body, headers, path, status, error):
     got, answer = post(server.url, body, headers, path)
     assert (got, answer["protocol"]) == (status, 1)
     assert error in answer["error"]
-    assert server.database.stored_keys() == []
-
-
-def test_body_and_inflated_size_are_bounded(server, monkeypatch):
-    monkeypatch.setattr(ingest, "MAX_JSON_BYTES", 1000)
-    status, answer = post(server.url, batch([row(s) for s in range(1, 30)]))
-    assert status == 413 and "inflates to more than 1000 bytes" in answer["error"]
-    conn = http.client.HTTPConnection(server.url.split("/")[2], timeout=5)
-    conn.putrequest("POST", PATH)
-    for name, value in {**HEADERS, "Content-Length": str(10**12)}.items():
-        conn.putheader(name, value)
-    conn.endheaders()  # announces a terabyte, sends nothing
-    response = conn.getresponse()
-    assert response.status == 413 and response.getheader("Connection") == "close"
-    conn.close()
-
-
-def test_runs_as_a_program(tmp_path):
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    cmd = [
-        sys.executable,
-        "-m",
-        "retrofit_agent.fleet.ingest",
-        "--db",
-        tmp_path / "in.db",
-        "--port",
-        "0",
-        "--token-file",
-        token,
-    ]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            line = proc.stdout.readline()
-            assert line.startswith("listening on http://127.0.0.1:"), proc.stderr.read()
-            url = line.split()[-1]
-            assert post(url, batch([row(1)]))[0] == 200
-        finally:
-            proc.terminate()
-    with contextlib.closing(IngestDatabase(tmp_path / "in.db")) as database:
-        assert database.stored_keys() == [("cam-1", 1)]
+    assert server.stored_keys() == []

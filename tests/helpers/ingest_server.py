@@ -1,13 +1,20 @@
-"""The reference ingest server on 127.0.0.1 in a thread, optionally misbehaving on purpose.
+"""The fleet backend for the device's tests: the real app in a thread, and a faulty proxy.
 
-`FaultyServer` answers each request with the next fault of its script (then normally), and
-records when requests came, which seqs it acknowledged, and whether the client's queue ever
-showed a row as uploaded that no acknowledgement had named.
+`backend(store)` serves `retrofit_agent.fleet.app` with uvicorn on 127.0.0.1 in a thread (it
+starts in milliseconds on a SQLite store), with the device `cam-1` holding `TOKEN`.
+`FaultyServer` stands in front of it and answers each request with the next fault of its
+script: "ok" and the faults that need a stored batch ("drop_ack", "store_and_hold", "slow")
+are forwarded to the real backend, so the protocol under test is the backend's; the others
+are played by the proxy. It records when requests came, which seqs were acknowledged, and
+whether the client's queue ever showed a row as uploaded that no acknowledgement had named.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import http.client
+import json
 import shutil
 import socket
 import sqlite3
@@ -18,22 +25,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from retrofit_agent.fleet.ingest import (
-    BatchRefused,
-    IngestDatabase,
-    IngestHandler,
-    IngestServer,
-    acknowledge,
-    decode,
-)
-from retrofit_agent.transport.protocol import Ack, Batch
+import helpers.needs_fleet  # noqa: F401 (skips the module without the [fleet] extra)
+from retrofit_agent.fleet.app import OBSERVATIONS, create_app
+from retrofit_agent.fleet.limits import Limits
+from retrofit_agent.fleet.store import FleetStore, ObservationQuery
+from retrofit_agent.fleet.tokens import token_hash
+from retrofit_agent.transport.protocol import Ack
 
 TOKEN = "test-token-0123456789abcdef"
+DEVICE = "cam-1"
+DIM = 32  # helpers.observations' embeddings
 HOLD_S = 10.0  # longest a handler is held by "hang" or "store_and_hold"
+EVER = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 
 FAULTS = {
     "ok": "answers normally",
@@ -49,14 +59,61 @@ FAULTS = {
 }
 
 
-class FaultyHandler(IngestHandler):
+def stored_keys(store: FleetStore) -> list[tuple[str, int]]:
+    """Every stored (device_id, seq), in order."""
+    rows = (json.loads(h) for _, h in store.observations(ObservationQuery(*EVER, limit=10**7)))
+    return sorted((row["device_id"], row["seq"]) for row in rows)
+
+
+class Backend:
+    """The fleet app on `store`, served by uvicorn in this process."""
+
+    def __init__(self, store: FleetStore, limits: Limits) -> None:
+        from uvicorn import Config, Server  # after needs_fleet's check
+
+        self.store = store
+        config = Config(
+            create_app(store, limits), host="127.0.0.1", log_config=None, access_log=False
+        )
+        self._server = Server(config)
+        self._sock = config.bind_socket()
+        port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}{OBSERVATIONS}"
+        self._thread = threading.Thread(target=self._server.run, args=([self._sock],))
+
+    def stored_keys(self) -> list[tuple[str, int]]:
+        return stored_keys(self.store)
+
+    def __enter__(self) -> Backend:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert self._server.started, "the fleet app did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(HOLD_S)
+        self._sock.close()
+
+
+def backend(
+    store: FleetStore, limits: Limits | None = None, devices: dict[str, str] | None = None
+) -> Backend:
+    """The app on `store` with `devices` ({device_id: token}, default cam-1 with TOKEN)."""
+    for device, token in (devices or {DEVICE: TOKEN}).items():
+        store.add_device(device, token_hash(token))
+    # helpers.observations' rows were captured on a fixed day: no age limit for them
+    return Backend(store, limits or Limits(embedding_dim=DIM, max_age_days=36_500))
+
+
+class FaultyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     server: FaultyServer
 
     def do_POST(self) -> None:
         fault = self.server.arrived()
-        if fault == "ok":
-            super().do_POST()
-            return
         length = int(self.headers["Content-Length"])
         if fault == "reset":
             self.rfile.read(length // 2)
@@ -66,37 +123,52 @@ class FaultyHandler(IngestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(length)
+        if fault == "ok" and self.server.refuses(body):  # like a backend refusing whole batches
+            fault = "400"
         if fault in ("400", "500", "429"):
             headers = {"Retry-After": "1"} if fault == "429" else {}
             self.answer(int(fault), b'{"error": "injected"}', headers)
         elif fault == "hang":
             self.server.release.wait(HOLD_S)
             self.close_connection = True
-        elif fault in ("drop_ack", "store_and_hold"):
-            acknowledge(self.server.database, decode(body, self.encoding()))
-            if fault == "store_and_hold":
-                self.server.held.set()
-                self.server.release.wait(HOLD_S)
-            self.close_connection = True
-        elif fault == "slow":
-            ack = acknowledge(self.server.database, decode(body, self.encoding()))
-            self.server.acked.update(ack.accepted)
-            self.answer(200, ack.model_dump_json().encode(), pieces=8)
         elif fault == "garbage":
             self.answer(200, b"<html>captive portal</html>")
+        else:
+            status, headers, data = self.forward(body)
+            if fault in ("drop_ack", "store_and_hold"):
+                if fault == "store_and_hold":
+                    self.server.held.set()
+                    self.server.release.wait(HOLD_S)
+                self.close_connection = True
+                return
+            if status == 200:  # recorded before the answer goes out, so the check is sound
+                self.server.acked.update(Ack.model_validate_json(data).accepted)
+            self.answer(status, data, headers, pieces=8 if fault == "slow" else 1)
 
-    def ingest(self, batch: Batch) -> Ack:
-        refused = self.server.refuse_seq
-        if any(row["seq"] == refused for row in batch.rows):  # like backends refusing batches
-            raise BatchRefused(400, f"row {refused} is bad")
-        return super().ingest(batch)
+    def forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """The real backend's answer to this request."""
+        conn = http.client.HTTPConnection(self.server.backend_host, timeout=HOLD_S)
+        try:
+            names = ("Content-Type", "Content-Encoding", "Authorization")
+            headers = {n: self.headers[n] for n in names if self.headers[n] is not None}
+            conn.request("POST", self.path, body, headers)
+            response = conn.getresponse()
+            kept = ("Retry-After", "WWW-Authenticate", "Content-Type")
+            relayed = {n: response.getheader(n) for n in kept if response.getheader(n)}
+            return response.status, relayed, response.read()
+        finally:
+            conn.close()
 
     def answer(
         self, status: int, data: bytes, headers: dict[str, str] | None = None, pieces: int = 1
     ) -> None:
+        if status != 200:
+            self.close_connection = True
         self.send_response(status)
         for name, value in {**(headers or {}), "Content-Length": str(len(data))}.items():
             self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         step = -(-len(data) // pieces)
         for i in range(0, len(data), step):
@@ -104,23 +176,26 @@ class FaultyHandler(IngestHandler):
                 time.sleep(0.1)
             self.wfile.write(data[i : i + step])
 
-    def reply(self, status: int, data: bytes) -> None:
-        if status == 200:  # recorded before the answer goes out, so the check below is sound
-            self.server.acked.update(Ack.model_validate_json(data).accepted)
-        super().reply(status, data)
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
-class FaultyServer(IngestServer):
+class FaultyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
     def __init__(
         self,
-        database: IngestDatabase,
+        backend: Backend,
         faults: Sequence[str] = (),
         client_db: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
         refuse_seq: int | None = None,
     ) -> None:
-        super().__init__(("127.0.0.1", 0), database, TOKEN, ssl_context, FaultyHandler)
+        super().__init__(("127.0.0.1", 0), FaultyHandler)
         assert set(faults) <= set(FAULTS), faults
+        self.backend = backend
+        self.backend_host = backend.url.split("/")[2]
+        self.ssl_context = ssl_context
         self.faults = deque(faults)
         self.refuse_seq = refuse_seq  # every batch holding this seq is answered 400
         self.client_db = client_db
@@ -131,6 +206,22 @@ class FaultyServer(IngestServer):
         self.release = threading.Event()
         self._lock = threading.Lock()
 
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{port}{OBSERVATIONS}"
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self.ssl_context is not None:  # handshake in the handler thread, not the acceptor
+            sock = self.ssl_context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        return sock, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished or failed its TLS handshake is not a test failure."""
+
     def arrived(self) -> str:
         """Record a request, check the client's queue, and pop the fault to play, if any."""
         with self._lock:
@@ -139,6 +230,12 @@ class FaultyServer(IngestServer):
             if self.client_db is not None:
                 self.uploaded_without_ack |= client_uploaded(self.client_db) - self.acked
         return fault
+
+    def refuses(self, body: bytes) -> bool:
+        if self.refuse_seq is None:
+            return False
+        rows = json.loads(gzip.decompress(body))["rows"]
+        return any(row["seq"] == self.refuse_seq for row in rows)
 
     def gaps_after(self, fault: str) -> list[float]:
         """Seconds between each request that got `fault` and the next request."""
@@ -152,15 +249,14 @@ def client_uploaded(db: Path) -> set[int]:
 
 
 @contextlib.contextmanager
-def serving(server: IngestServer) -> Iterator[IngestServer]:
-    """Serve in a thread; on exit release held handlers and stop (the database stays open)."""
+def serving(server: FaultyServer) -> Iterator[FaultyServer]:
+    """Serve in a thread; on exit release held handlers and stop."""
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
     finally:
-        if isinstance(server, FaultyServer):
-            server.release.set()
+        server.release.set()
         server.shutdown()
         server.server_close()
         thread.join(HOLD_S)

@@ -6,15 +6,15 @@ import time
 from contextlib import closing
 
 from helpers.agent_process import AgentProcess, config_text
-from helpers.ingest_server import TOKEN, client_uploaded, serving
+from helpers.ingest_server import TOKEN, backend, client_uploaded
 
-from retrofit_agent.fleet.ingest import IngestDatabase, IngestServer
+from retrofit_agent.fleet.sqlite_store import SqliteStore
 
 
 def test_service_uploads_while_it_labels(tmp_path, tiny_bundle):
     (tmp_path / "token").write_text(TOKEN + "\n")
-    database = IngestDatabase(tmp_path / "ingest.db")
-    with serving(IngestServer(("127.0.0.1", 0), database, TOKEN)) as server:
+    store = SqliteStore(tmp_path / "ingest.db")
+    with backend(store, devices={"cam-test": TOKEN}) as server:  # agent_process's device_id
         upload = (
             f'\n[upload]\nendpoint = "{server.url}"\ntoken_file = "{tmp_path / "token"}"\n'
             "batch_rows = 20\npoll_interval_s = 0.2\n"
@@ -31,6 +31,7 @@ def test_service_uploads_while_it_labels(tmp_path, tiny_bundle):
         uploaded = client_uploaded(agent.db)
         with closing(sqlite3.connect(tmp_path / "ingest.db")) as conn:
             received = {seq for (seq,) in conn.execute("SELECT seq FROM observations")}
+    store.close()
     assert len(uploaded) >= 40
     assert uploaded <= received  # nothing marked uploaded that the server does not hold
 

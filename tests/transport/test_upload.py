@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from helpers.ingest_server import (
     TOKEN,
+    Backend,
     FaultyServer,
+    backend,
     self_signed_cert,
     server_tls,
     serving,
@@ -28,7 +30,7 @@ from helpers.observations import add
 
 from retrofit_agent.config import UploadConfig
 from retrofit_agent.errors import ConfigError, UploadError, UploadRefused
-from retrofit_agent.fleet.ingest import IngestDatabase, IngestServer
+from retrofit_agent.fleet.sqlite_store import SqliteStore
 from retrofit_agent.store.budget import UploadBudget
 from retrofit_agent.store.queue import PENDING, QUARANTINED, UPLOADED, Store
 from retrofit_agent.transport.upload import (
@@ -54,10 +56,12 @@ def queue(tmp_path: Path) -> Store:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> IngestDatabase:
-    database = IngestDatabase(tmp_path / "ingest.db")
-    yield database
-    database.close()
+def database(tmp_path: Path) -> Backend:
+    """The fleet app on a SQLite store, for a FaultyServer to stand in front of."""
+    store = SqliteStore(tmp_path / "ingest.db")
+    with backend(store) as running:
+        yield running
+    store.close()
 
 
 def config(url: str, tmp_path: Path, **overrides) -> UploadConfig:
@@ -80,8 +84,8 @@ def uploader(url: str, tmp_path: Path, store: Store, **overrides) -> Uploader:
     return Uploader(config(url, tmp_path, **overrides), store, rng=random.Random(7))
 
 
-def held(server: IngestServer) -> list[int]:
-    return [seq for _, seq in server.database.stored_keys()]
+def held(server: FaultyServer) -> list[int]:
+    return [seq for _, seq in server.backend.stored_keys()]
 
 
 def states(store: Store) -> dict[str, int]:
@@ -269,10 +273,12 @@ def test_newest_first(queue, database, tmp_path):
 
 
 def test_wrong_token_is_refused_and_never_logged(queue, database, tmp_path, caplog):
-    with serving(FaultyServer(database)) as server:
-        server.token = "another-token"
-        with pytest.raises(UploadRefused, match="HTTP 401") as err:
-            uploader(server.url, tmp_path, queue).drain(once=True)
+    database.store.revoke_device("cam-1")  # the token the device holds is no longer valid
+    with (
+        serving(FaultyServer(database)) as server,
+        pytest.raises(UploadRefused, match="HTTP 401") as err,
+    ):
+        uploader(server.url, tmp_path, queue).drain(once=True)
     assert err.value.exit_code == 77
     assert states(queue)[PENDING] == ROWS and held(server) == []
     assert TOKEN not in log_text(caplog.records) and TOKEN not in str(err.value)

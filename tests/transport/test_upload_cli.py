@@ -12,10 +12,19 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import agent, error_line
-from helpers.ingest_server import TOKEN, FaultyServer, client_uploaded, serving
+from helpers.fleet_process import FleetServer, add_device, sqlite_url
+from helpers.ingest_server import (
+    TOKEN,
+    Backend,
+    FaultyServer,
+    backend,
+    client_uploaded,
+    serving,
+    stored_keys,
+)
 from helpers.observations import add
 
-from retrofit_agent.fleet.ingest import IngestDatabase
+from retrofit_agent.fleet.sqlite_store import SqliteStore
 from retrofit_agent.store.queue import Store
 
 AGENT = [sys.executable, "-m", "retrofit_agent"]
@@ -48,10 +57,11 @@ def make_queue(path: Path, rows: int) -> Path:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> IngestDatabase:
-    database = IngestDatabase(tmp_path / "ingest.db")
-    yield database
-    database.close()
+def database(tmp_path: Path) -> Backend:
+    store = SqliteStore(tmp_path / "ingest.db")
+    with backend(store) as running:
+        yield running
+    store.close()
 
 
 def test_upload_once_drains_a_dry_run_of_the_real_video(tiny_bundle, real_video, tmp_path):
@@ -59,31 +69,17 @@ def test_upload_once_drains_a_dry_run_of_the_real_video(tiny_bundle, real_video,
     agent(
         "--dry-run", real_video, "--model", tiny_bundle, "--db", db, "--no-publish", check_ok=True
     )
-    server_cmd = [
-        *AGENT[:2],
-        "retrofit_agent.fleet.ingest",
-        "--db",
-        tmp_path / "ingest.db",
-        "--port",
-        "0",
-        "--token-file",
-        tmp_path / "token",
-    ]
-    (tmp_path / "token").write_text(TOKEN)
-    with subprocess.Popen(
-        server_cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    ) as server:
-        try:
-            url = server.stdout.readline().split()[-1]
-            config = write_config(tmp_path, url, include_embeddings=True)
-            result = agent("--config", config, "upload", "--once", "--db", db, check_ok=True)
-        finally:
-            server.terminate()
+    database = sqlite_url(tmp_path / "ingest.db")
+    (tmp_path / "token").write_text(add_device(database, socket.gethostname()))  # the dry run's id
+    serve = ["--database", database, "--port", 0, "--workers", 1, "--embedding-dim", 32]
+    with FleetServer(*serve) as server:
+        config = write_config(tmp_path, server.url, token=False, include_embeddings=True)
+        result = agent("--config", config, "upload", "--once", "--db", db, check_ok=True)
     summary = json.loads(result.stdout)
     assert summary["uploaded"] == 221 and summary["stopped"] == "empty"
     assert summary["queue"] == {"pending": 0, "uploaded": 221, "quarantined": 0}
-    with contextlib.closing(IngestDatabase(tmp_path / "ingest.db")) as received:
-        assert [seq for _, seq in received.stored_keys()] == list(range(1, 222))
+    with contextlib.closing(SqliteStore(tmp_path / "ingest.db")) as received:
+        assert [seq for _, seq in stored_keys(received)] == list(range(1, 222))
 
 
 def test_killed_mid_batch_then_restarted_loses_nothing(database, tmp_path):
@@ -116,8 +112,8 @@ def test_exit_codes_for_bad_input(database, tmp_path):
     assert "gave up after 3 failed attempts" in error_line(result)
     assert "retrofit-agent: warning: upload failed rows=5 error=" in result.stderr
 
+    database.store.revoke_device("cam-1")
     with serving(FaultyServer(database)) as server:
-        server.token = "another-token"
         refused = agent(
             "--config", write_config(tmp_path, server.url), "upload", "--once", "--db", db
         )
