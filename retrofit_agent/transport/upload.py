@@ -1,6 +1,7 @@
 """Drain the observation queue to the ingest endpoint: at least once, idempotent, frugal.
 
-The wire protocol is docs/upload-protocol.md; retrofit_agent.fleet (retrofit-fleet serve) receives it.
+The wire protocol is docs/upload-protocol.md; retrofit-fleet serve (retrofit_agent.fleet)
+receives it.
 
 - A row leaves `pending` only when an acknowledgement naming it arrives. A crash, a timeout or
   a lost answer re-sends at most the batch in flight; the server deduplicates by
