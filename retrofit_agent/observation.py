@@ -1,21 +1,29 @@
-"""An observation (contract 3, docs/contracts/observation.md): what is stored, published and
-uploaded per frame.
+"""An observation (contract 3, docs/contracts/observation.md): what is published for every
+frame, and stored and uploaded for the frames the keep policy keeps (retrofit_agent.keep).
 
 `(device_id, seq)` is the idempotency key end to end. The embedding travels as float16 bytes:
 in SQLite as a BLOB, over ZeroMQ as its own message part, never inside the JSON.
+
+Schema 2 added `reasons`, why a frame was kept (empty for a frame that was only published).
+Schema 1 rows (written before the keep policy, when every frame was kept) are read as they
+are, with `reasons` empty: a queue of schema 1 rows stays readable and uploadable.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from retrofit_agent.common.strict import StrictModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EMBEDDING_DTYPE = np.float16
+# Why a frame was kept, in this order when there are several (retrofit_agent.keep.policy).
+REASONS = ("change", "heartbeat", "novel", "best", "every_frame")
+Reason = Literal["change", "heartbeat", "novel", "best", "every_frame"]
 
 
 class LabelScore(StrictModel):
@@ -43,6 +51,7 @@ class Observation(StrictModel):
     labels: list[LabelScore]
     top: dict[str, LabelScore]
     latency_ms: dict[str, float]
+    reasons: list[Reason] = Field(default_factory=list)  # schema 2; empty: published only
     embedding: bytes
 
     def header_json(self) -> bytes:
