@@ -26,6 +26,7 @@ from pydantic import (
 
 from retrofit_agent.common.settings import load_validated
 from retrofit_agent.common.strict import StrictModel
+from retrofit_agent.keep.config import KeepConfig
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 
@@ -86,6 +87,7 @@ class StoreConfig(StrictModel):
     commit_interval_s: PositiveFloat = Field(1.0, description="longest a row waits uncommitted")
     synchronous: Literal["NORMAL", "FULL", "EXTRA"] = "FULL"
     min_free_bytes: NonNegativeInt = Field(64 * 1024**2, description="never fill the disk")
+    max_events: PositiveInt = Field(100_000, description="label events kept, then evicted")
 
 
 class PublishConfig(StrictModel):
@@ -162,6 +164,7 @@ class AgentConfig(StrictModel):
     logging: LoggingConfig = LoggingConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     store: StoreConfig = StoreConfig()
+    keep: KeepConfig = KeepConfig()
     publish: PublishConfig = PublishConfig()
     upload: UploadConfig = UploadConfig()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -37,3 +37,24 @@ def add(store: Store, count: int, dim: int = 32) -> list[Observation]:
 def with_labels(seq: int, *labels: tuple[str, str]) -> Observation:
     scores = [LabelScore(group=g, label=label, score=0.9) for g, label in labels]
     return observation(seq).model_copy(update={"labels": scores})
+
+
+def frame(
+    seq: int,
+    *labels: tuple[str, str] | tuple[str, str, float],
+    embedding: np.ndarray | None = None,
+    at_s: float = 0.0,
+) -> Observation:
+    """A hand-made frame for the keep policy: these labels (score 0.9 unless given), this
+    embedding (unit length; default a fixed one), captured `at_s` seconds after a fixed time."""
+    scores = [
+        LabelScore(group=g, label=lab, score=rest[0] if rest else 0.9) for g, lab, *rest in labels
+    ]
+    vector = embedding if embedding is not None else np.eye(1, 32)[0]
+    return observation(seq).model_copy(
+        update={
+            "labels": scores,
+            "captured_utc": datetime(2026, 11, 29, 12, 0, tzinfo=UTC) + timedelta(seconds=at_s),
+            "embedding": encode_embedding(np.asarray(vector, np.float32)),
+        }
+    )
