@@ -54,8 +54,8 @@ def emulated(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
 def install() -> None:
     if not SETUP.is_file():
         sys.exit(f"emulated_aarch64: {SETUP} not found (../shared is absent)")
-    # pip itself: setup.sh and install() run `pip check` under emulation (sqlite-utils, a former
-    # dependency, used to bring it along)
+    # pip itself: setup.sh and install() run `pip check` under emulation (sqlite-utils brings
+    # it along too)
     requirements = [
         *project_requirements.runtime(),
         *project_requirements.extra("dev", "pytest"),

@@ -3,9 +3,12 @@
 
 Everything that knows the schema is here, so a new version changes one module: its tables go
 into TABLES and `prepare` brings an older file up to SCHEMA_VERSION inside the same
-transaction that checks it (a migration may use sqlite-utils on this very connection; the
-per-frame path keeps to the standard library's sqlite3, which saves ~3 MiB of agent RSS).
-Today a file of another version is refused.
+transaction that checks it (store.migrate, with sqlite-utils, imported only when a migration
+runs: the per-frame path keeps to the standard library's sqlite3, which saves ~3 MiB of agent
+RSS). A file of a newer version, or of one no migration starts from, is refused.
+
+Version 2 (the keep policy): observations carry `reasons` (why the row was kept), and label
+events have their own table (store.events).
 
 The connection is in autocommit mode (isolation_level=None): every transaction is explicit
 (common.sqlite.immediate), never opened behind the caller's back.
@@ -19,18 +22,32 @@ from pathlib import Path
 from retrofit_agent.common.sqlite import immediate
 from retrofit_agent.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # SQLite's own page cache per connection (its default is 2 MiB): the queue appends and reads
 # rows once, so the OS page cache serves as well; 256 KiB keeps the agent's RSS down.
 CACHE_KIB = 256
-# The tables as sqlite-utils created them before.
+META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
+# The tables of SCHEMA_VERSION, as sqlite-utils creates them (store.migrate transforms the
+# observations of version 1 into exactly this table). `reasons`: comma-separated.
 TABLES = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    META,
     "CREATE TABLE IF NOT EXISTS observations (seq INTEGER PRIMARY KEY, "
     "device_id TEXT NOT NULL, captured_utc TEXT NOT NULL, state TEXT NOT NULL, "
-    "header TEXT NOT NULL, embedding BLOB NOT NULL)",
+    "reasons TEXT NOT NULL, header TEXT NOT NULL, embedding BLOB NOT NULL)",
     "CREATE INDEX IF NOT EXISTS idx_observations_state_seq ON observations (state, seq)",
+    # `state`: open (not yet uploadable), then pending, uploaded, quarantined; `event`: JSON
+    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, device_id TEXT NOT NULL, "
+    "start_utc TEXT NOT NULL, state TEXT NOT NULL, event TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS idx_events_state_seq ON events (state, seq)",
 )
+
+
+MIGRATIONS = (1,)  # versions store.migrate brings up to SCHEMA_VERSION
+# Upload states of observations and events; `open`: an event still going on (not uploadable).
+OPEN = "open"
+PENDING = "pending"
+UPLOADED = "uploaded"
+QUARANTINED = "quarantined"
 
 
 class Meta:
@@ -68,13 +85,22 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 
 
 def prepare(db: sqlite3.Connection, path: Path) -> None:
-    """Create the tables of a new file, and check the version of an existing one."""
+    """Create the tables of a new file, migrate an older one, refuse any other version; an
+    existing file of this version is not written to."""
     meta = Meta(db)
     with immediate(db):
+        db.execute(META)
+        stored = meta.get("schema_version", "")
+        if stored not in ("", str(SCHEMA_VERSION)):
+            if int(stored) not in MIGRATIONS:
+                raise StoreError(
+                    f"{path}: schema version {stored}, this agent reads {SCHEMA_VERSION} "
+                    f"(and migrates {', '.join(map(str, MIGRATIONS))})"
+                )
+            from retrofit_agent.store import migrate  # only now: sqlite-utils costs ~3 MiB RSS
+
+            migrate.upgrade(db, int(stored), path)
         for statement in TABLES:
             db.execute(statement)
-        stored = meta.get("schema_version", "")
-        if stored == "":  # a new database: nothing is written otherwise
+        if stored != str(SCHEMA_VERSION):
             meta.set("schema_version", SCHEMA_VERSION)
-        elif int(stored) != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {stored}, this agent reads {SCHEMA_VERSION}")

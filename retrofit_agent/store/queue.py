@@ -2,7 +2,10 @@
 
 - Rows are buffered and committed in batches (`commit_every` rows or `commit_interval_s`),
   so an SD card sees one fsync per batch, not one per frame. A committed row is acknowledged:
-  with `synchronous=FULL` (the default) it survives kill -9 and power loss.
+  with `synchronous=FULL` (the default) it survives kill -9 and power loss. The keep policy
+  stores few frames, so the runtime calls `tick` on every frame: a row never waits longer
+  than `commit_interval_s` for the next one. Label events (store.events) are written in the
+  same transactions as the rows.
 - `seq` is monotonic per device and never reused, also across restarts and evictions: blocks of
   SEQ_BLOCK numbers are reserved in the `meta` table before they are handed out, so a crash
   leaves a gap, never a duplicate `(device_id, seq)`.
@@ -29,6 +32,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,20 +41,19 @@ from retrofit_agent.common.logs import kv
 from retrofit_agent.common.sqlite import immediate
 from retrofit_agent.config import StoreConfig
 from retrofit_agent.errors import StoreError, StoreFull
-from retrofit_agent.observation import Observation
-from retrofit_agent.store.database import Meta, connect
+from retrofit_agent.event import Event
+from retrofit_agent.observation import REASONS, Observation
+from retrofit_agent.store.database import PENDING, QUARANTINED, UPLOADED, Meta, connect
 from retrofit_agent.store.disk import DiskPolicy, is_full
+from retrofit_agent.store.events import EventLog
 
 log = logging.getLogger(__name__)
 
 SEQ_BLOCK = 1000
-PENDING = "pending"
-UPLOADED = "uploaded"
-QUARANTINED = "quarantined"
 EVICT_CHUNK = 256  # rows deleted per step while over the byte bound
 INSERT = (
-    "INSERT INTO observations (seq, device_id, captured_utc, state, header, embedding) "
-    "VALUES (:seq, :device_id, :captured_utc, :state, :header, :embedding)"
+    "INSERT INTO observations (seq, device_id, captured_utc, state, reasons, header, embedding) "
+    "VALUES (:seq, :device_id, :captured_utc, :state, :reasons, :header, :embedding)"
 )
 
 
@@ -66,6 +69,7 @@ class Store:
         commit_interval_s: float = 1.0,
         synchronous: str = "FULL",
         min_free_bytes: int = 0,
+        max_events: int = 100_000,
     ) -> None:
         self.path = Path(path)
         self.max_rows = max_rows
@@ -80,6 +84,7 @@ class Store:
         try:
             self.db = connect(self.path, synchronous)
             self._meta = Meta(self.db)
+            self.events = EventLog(self.db, self.path, max_events)
             self._rows = self._count()
             self._next_seq = self._reserved = int(self._meta.get("seq_reserved", 1))
         except sqlite3.DatabaseError as exc:
@@ -116,34 +121,51 @@ class Store:
 
     def add(self, observation: Observation, header: bytes) -> None:
         """Queue a row (`header`: its JSON without the embedding); committed with its batch."""
-        if not self._pending:
-            self._oldest_pending_at = time.monotonic()
+        self._mark_dirty()
         self._pending.append(
             {
                 "seq": observation.seq,
                 "device_id": observation.device_id,
                 "captured_utc": observation.captured_utc.isoformat(),
                 "state": PENDING,
+                "reasons": ",".join(observation.reasons),
                 "header": header.decode(),
                 "embedding": observation.embedding,
             }
         )
-        if (
-            len(self._pending) >= self.commit_every
-            or time.monotonic() - self._oldest_pending_at >= self.commit_interval_s
+        if len(self._pending) >= self.commit_every:
+            self.flush()
+        else:
+            self.tick()
+
+    def put_event(self, event: Event) -> None:
+        """Queue an event's new state (opened or ended); committed with the next batch."""
+        self._mark_dirty()
+        self.events.put(event)
+
+    def _mark_dirty(self) -> None:
+        if not self._pending and not self.events.dirty:
+            self._oldest_pending_at = time.monotonic()
+
+    def tick(self) -> None:
+        """Commit what has waited `commit_interval_s` (cheap: called for every frame)."""
+        if (self._pending or self.events.dirty) and (
+            time.monotonic() - self._oldest_pending_at >= self.commit_interval_s
         ):
             self.flush()
 
     def flush(self) -> None:
-        """Commit buffered rows and enforce the bound, in one transaction."""
-        if not self._pending:
+        """Commit buffered rows and events and enforce the bound, in one transaction."""
+        if not self._pending and not self.events.dirty:
             return
         if self._write(self._insert_pending):
-            first, last = self._pending[0]["seq"], self._pending[-1]["seq"]
-            log.debug(
-                "committed", extra=kv(rows=len(self._pending), first_seq=first, last_seq=last)
-            )
-        else:
+            self.events.written()
+            if self._pending:
+                seqs = [row["seq"] for row in self._pending]
+                log.debug(
+                    "committed", extra=kv(rows=len(seqs), first_seq=min(seqs), last_seq=max(seqs))
+                )
+        else:  # events stay buffered: they are few, and tried again with the next batch
             self.dropped += len(self._pending)
             self._report_full("disk full, nothing left to evict: observations not stored")
         self._pending.clear()
@@ -151,6 +173,7 @@ class Store:
     def _insert_pending(self) -> None:
         limit = self.disk.byte_limit(self.max_bytes)
         self.db.executemany(INSERT, self._pending)
+        self.events.write()
         self._rows += len(self._pending)
         self._evict(limit)
 
@@ -220,12 +243,19 @@ class Store:
             "SELECT min(seq), max(seq), min(captured_utc), max(captured_utc) FROM observations"
         ).fetchone()
         wal = self.path.with_name(self.path.name + "-wal")
+        kept: Counter[str] = Counter()
+        for reasons, count in self.db.execute(
+            "SELECT reasons, count(*) FROM observations GROUP BY reasons"
+        ):
+            kept.update(dict.fromkeys(reasons.split(","), count))
         return {
             "path": str(self.path),
             "rows": sum(by_state.values()),
             "pending": by_state.get(PENDING, 0),
             "uploaded": by_state.get(UPLOADED, 0),
             "quarantined": by_state.get(QUARANTINED, 0),
+            "kept_by_reason": {r: kept[r] for r in REASONS if kept[r]},
+            "events": self.events.stats(),
             "first_seq": first,
             "last_seq": last,
             "oldest_utc": oldest,
@@ -289,4 +319,5 @@ def open_store(config: StoreConfig, existing: bool = False) -> Store:
         commit_interval_s=config.commit_interval_s,
         synchronous=config.synchronous,
         min_free_bytes=config.min_free_bytes,
+        max_events=config.max_events,
     )

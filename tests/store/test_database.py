@@ -12,7 +12,7 @@ def test_a_new_file_gets_the_tables_and_the_version_an_existing_one_no_write(tmp
     path = tmp_path / "q.db"
     with contextlib.closing(connect(path)) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"meta", "observations"}
+        assert tables == {"meta", "observations", "events"}
         assert Meta(db).get("schema_version", None) == str(SCHEMA_VERSION)
     with contextlib.closing(connect(path, "NORMAL")) as db:
         assert db.total_changes == 0  # opening a queue writes nothing
