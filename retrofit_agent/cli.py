@@ -179,6 +179,9 @@ def upload_command(args: argparse.Namespace) -> int:
     finally:
         store.close()
     states = {k: queue[k] for k in ("pending", "uploaded", "quarantined")}
+    states["events"] = {
+        k: queue["events"][k] for k in ("open", "pending", "uploaded", "quarantined")
+    }
     print(json.dumps({**stats.as_dict(), "queue": states}, indent=2))
     return INTERRUPTED if stats.stopped == "interrupted" else 0
 
@@ -218,6 +221,9 @@ class Progress:
 
 def format_summary(summary: dict[str, Any]) -> str:
     model = summary["model"]
+    kept, events = summary["kept"], summary["events"]
+    reasons = ", ".join(f"{reason} {n}" for reason, n in kept["by_reason"].items())
+    ended = ", ".join(f"{reason} {n}" for reason, n in events["ended"].items())
     lines = [
         f"model    {model['name']} (manifest {model['manifest_sha256'][:12]})",
         f"source   {summary['source']}",
@@ -225,12 +231,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"frames   {summary['frames']} processed, {summary['dropped']} dropped "
         f"in {summary['wall_s']:.2f} s: {summary['fps']:.1f} FPS"
         + (" (interrupted)" if summary["interrupted"] else ""),
+        f"kept     {kept['observations']} observations" + (f": {reasons}" if reasons else ""),
+        f"events   {events['started']} started" + (f", ended: {ended}" if ended else ""),
         "",
         f"{'stage':<12}{'p50 ms':>10}{'p90 ms':>10}",
     ]
     for stage, p in summary["latency_ms"].items():
         lines.append(f"{stage:<12}{p['p50']:>10.2f}{p['p90']:>10.2f}")
-    lines += ["", f"{'label':<40}{'frames':>8}"]
+    lines += ["", f"{'label':<40}{'frames':>8}{'events':>8}"]
     for label, count in summary["labels"].items():
-        lines.append(f"{label:<40}{count:>8}")
+        lines.append(f"{label:<40}{count:>8}{events['by_label'].get(label, 0):>8}")
     return "\n".join(lines)

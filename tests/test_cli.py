@@ -3,6 +3,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +39,34 @@ def test_dry_run_json_and_queue_stats(tiny_bundle, real_video, tmp_path):
         check_ok=True,
     )
     summary = json.loads(result.stdout)
-    assert summary["frames"] == 221 and summary["stored_rows"] == 221
+    assert summary["frames"] == 221
     assert summary["fps"] > 0 and summary["latency_ms"]["inference"]["p50"] > 0
     assert summary["model"]["name"] == "tiny-test"
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM observations").fetchone()[0] == 221
+        rows = conn.execute("SELECT reasons, header FROM observations ORDER BY seq").fetchall()
+        events = [json.loads(e) for (e,) in conn.execute("SELECT event FROM events")]
+    # the summary says what the database holds: rows by reason, events by how they ended
+    kept = summary["kept"]
+    assert summary["stored_rows"] == kept["observations"] == len(rows) > 0
+    by_reason = Counter(r for reasons, _ in rows for r in reasons.split(","))
+    assert kept["by_reason"] == dict(by_reason) and "heartbeat" in by_reason
+    assert [json.loads(h)["reasons"] for _, h in rows] == [r.split(",") for r, _ in rows]
+    ended = Counter(e["end_reason"] for e in events)
+    assert summary["events"]["started"] == len(events) and summary["events"]["ended"] == ended
     stats = json.loads(agent("queue", "stats", "--db", db, check_ok=True).stdout)
-    assert stats["rows"] == stats["pending"] == 221
+    assert stats["rows"] == stats["pending"] == len(rows)
+    assert stats["kept_by_reason"] == kept["by_reason"]
+    assert stats["events"]["pending"] == stats["events"]["events"] == len(events)
+    assert stats["events"]["ended"] == ended
     exported = agent("queue", "export", "--db", db, check_ok=True).stdout.splitlines()
-    assert len(exported) == 221 and json.loads(exported[0])["frame_index"] == 0
+    assert len(exported) == len(rows) and json.loads(exported[0])["frame_index"] == 0
 
 
 def test_dry_run_text_summary_with_the_default_bundle(synthetic_video):
     result = agent("--dry-run", synthetic_video, "--max-frames", 5, "--no-publish", check_ok=True)
     assert "frames   5 processed" in result.stdout
+    assert re.search(r"^kept     \d+ observations: .*heartbeat 1", result.stdout, re.M)
+    assert re.search(r"^events   \d+ started", result.stdout, re.M)
     assert "p50 ms" in result.stdout and "inference" in result.stdout
     assert f"model    {load_bundle(DEFAULT_MODEL).manifest.name} " in result.stdout
 
@@ -90,15 +105,19 @@ def test_not_a_video(tiny_bundle, not_a_video, tmp_path):
 
 @pytest.mark.device
 def test_truncated_video_keeps_only_whole_rows(tiny_bundle, truncated_video, tmp_path):
-    db = tmp_path / "obs.db"
-    result = agent("--dry-run", truncated_video, "--model", tiny_bundle, "--db", db, "--no-publish")
+    db, config = tmp_path / "obs.db", tmp_path / "every-frame.toml"
+    config.write_text("[keep]\nevery_frame = true\n")
+    result = agent(
+        "--dry-run", truncated_video, "--model", tiny_bundle, "--db", db, "--no-publish",
+        "--config", config,
+    )  # fmt: skip
     assert result.returncode == 66
     decoded = re.search(r"truncated\.avi: video ends after (\d+) of 40 frames", error_line(result))
     assert decoded and 0 < int(decoded[1]) < 40
     with sqlite3.connect(db) as conn:  # the frames decoded before the cut, each row complete
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = conn.execute("SELECT seq, length(embedding) FROM observations").fetchall()
-    assert [seq for seq, _ in rows] == list(range(1, int(decoded[1]) + 1))
+        rows = conn.execute("SELECT header, length(embedding) FROM observations").fetchall()
+    assert [json.loads(h)["frame_index"] for h, _ in rows] == list(range(int(decoded[1])))
     assert {size for _, size in rows} == {32 * 2}
 
 

@@ -206,6 +206,10 @@ class FrameSource:
     def dropped(self) -> int:
         return self._reader.dropped
 
+    def clock_s(self, frame: Frame) -> float:
+        """When `frame` was taken, in seconds on this source's clock: its capture time."""
+        return frame.captured_utc.timestamp()
+
     def close(self) -> None:
         self._reader.close()
 
@@ -253,6 +257,12 @@ class VideoFileSource(FrameSource):
         self._reader = FrameReader(
             read, not realtime, interval_s=interval, prepare=prepare, release=self._capture.release
         )
+        self._own_clock = not realtime and self.fps > 0
+
+    def clock_s(self, frame: Frame) -> float:
+        """A file read as fast as possible keeps its own timeline (frame index / frame rate),
+        so the keep policy decides as it would on a camera at the file's rate."""
+        return frame.index / self.fps if self._own_clock else super().clock_s(frame)
 
     def _finish(self) -> None:
         read = self._reader.read_count

@@ -2,24 +2,33 @@
 
 The dry run, the service and `retrofit-agent bench` all build a `Runtime` and call its `run`,
 so what the benchmark measures is what the service does: the reader thread decodes and makes
-the model input (the pipeline's `prepare`), the inference thread infers, scores, queues and
-publishes. Resources open in the order bundle, frames, database, socket, so a bad bundle or
-video fails before anything is written; a failure part-way closes what was opened.
+the model input (the pipeline's `prepare`), the inference thread infers, scores, asks the keep
+policy (retrofit_agent.keep) what to store, queues and publishes. Every frame is published;
+the frames the policy keeps are stored (and so uploaded), with the label events it makes.
+Resources open in the order bundle, frames, database, socket, so a bad bundle or video fails
+before anything is written; a failure part-way closes what was opened. At start the events a
+crash left open are closed as interrupted; when the run ends (SIGTERM, the end of a video,
+Ctrl-C), the open events are closed as stopped and their best frames stored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 
+from retrofit_agent.common.logs import kv
 from retrofit_agent.config import AgentConfig, CaptureConfig
 from retrofit_agent.errors import StoreFull
 from retrofit_agent.frames.capture import FrameSource, Prepare, open_source
 from retrofit_agent.frames.pipeline import Pipeline
 from retrofit_agent.frames.stats import RunStats
+from retrofit_agent.keep.policy import Decision, KeepPolicy
 from retrofit_agent.store.queue import Store, open_store
 from retrofit_agent.transport.publish import Publisher
+
+log = logging.getLogger(__name__)
 
 # Wraps the opener of the frames into a source of its own (the service's camera watchdog).
 Supervise = Callable[[Callable[[], FrameSource]], FrameSource]
@@ -62,10 +71,24 @@ class Runtime:
             if config.publish.enabled:
                 self.publisher = Publisher(config.publish.endpoint, config.publish.send_hwm)
                 self._closing.callback(self.publisher.close)
+            if interrupted := self.store.events.recover():
+                log.warning(
+                    "closed events a crash left open",
+                    extra=kv(events=len(interrupted), last_seq=interrupted[-1].seq),
+                )
         except BaseException:
             self.close()
             raise
         self.stats = RunStats()
+        self.policy = KeepPolicy(config.keep, self._event_seq)
+        self.store.events.open_events = self.policy.events.open_events
+
+    def _event_seq(self) -> int | None:
+        """A new event's number, from the frames' sequence; None while the disk is full."""
+        try:
+            return self.store.allocate_seq()
+        except StoreFull:
+            return None
 
     def run(
         self,
@@ -76,12 +99,13 @@ class Runtime:
 
         `self.stats` is updated in place, so a caller can read it while the run goes on.
         """
-        stats, pipeline, source, store, publisher = (
+        stats, pipeline, source, store, publisher, policy = (
             self.stats,
             self.pipeline,
             self.source,
             self.store,
             self.publisher,
+            self.policy,
         )
         started = time.perf_counter()
         frames = iter(source)
@@ -98,25 +122,59 @@ class Runtime:
                     stats.skipped += 1  # no seq reserved on disk: it can be neither kept nor sent
                 else:
                     observation = pipeline.observe(frame, source.name, seq, timings)
-                    header = observation.header_json()
                     t1 = time.perf_counter()
-                    store.add(observation, header)
+                    decision = policy.decide(observation, source.clock_s(frame))
+                    if decision.reasons:
+                        observation = observation.model_copy(
+                            update={"reasons": list(decision.reasons)}
+                        )
+                    header = observation.header_json()
                     t2 = time.perf_counter()
+                    if decision.reasons:
+                        store.add(observation, header)
+                        stats.record_kept(observation)
+                    self._store_events(decision)
+                    store.tick()
+                    t3 = time.perf_counter()
                     if publisher is not None:
                         publisher.publish(observation, header)
-                    t3 = time.perf_counter()
-                    timings["store"] = (t2 - t1) * 1e3
-                    timings["publish"] = (t3 - t2) * 1e3
+                        self._publish_events(decision)
+                    t4 = time.perf_counter()
+                    timings["keep"] = (t2 - t1) * 1e3
+                    timings["store"] = (t3 - t2) * 1e3
+                    timings["publish"] = (t4 - t3) * 1e3
                     stats.record(observation, timings)
                 if on_frame is not None:
                     on_frame(stats)
         except KeyboardInterrupt:
             stats.interrupted = True  # Ctrl-C: keep what was done and report it
         finally:
+            closed = policy.close("stopped")
+            self._store_events(closed)
+            self._publish_events(closed)
             store.flush()
             stats.wall_s = time.perf_counter() - started
             stats.dropped = source.dropped
         return stats
+
+    def _store_events(self, decision: Decision) -> None:
+        """Queue the events `decision` changed, and the best frames of those it ended."""
+        if not (decision.started or decision.ended):
+            return
+        for event in (*decision.started, *decision.ended):
+            self.store.put_event(event)
+        for best in decision.best_frames:
+            self.store.add(best, best.header_json())
+            self.stats.record_kept(best)
+        self.stats.record_events(decision.started, decision.ended)
+
+    def _publish_events(self, decision: Decision) -> None:
+        if self.publisher is None:
+            return
+        for event in decision.started:
+            self.publisher.publish_event("start", event)
+        for event in decision.ended:
+            self.publisher.publish_event("end", event)
 
     def close(self) -> None:
         self._closing.close()

@@ -1,4 +1,5 @@
-"""What a run did, in memory that stays flat for months: frame counts, label counts, latencies.
+"""What a run did, in memory that stays flat for months: frame counts, label counts, what the
+keep policy kept and the events it made, latencies.
 
 `Window` keeps the last LATENCY_WINDOW samples per stage in a preallocated array; `quantiles`
 is np.quantile's default (linear) method without np.quantile, which imports numpy.ma (through
@@ -14,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from retrofit_agent.observation import Observation
+from retrofit_agent.event import Event
+from retrofit_agent.observation import REASONS, Observation
 
-STAGES = ("capture", "preprocess", "inference", "scoring", "store", "publish")
+STAGES = ("capture", "preprocess", "inference", "scoring", "keep", "store", "publish")
 LATENCY_WINDOW = 10_000  # per-stage samples kept for percentiles
 
 
@@ -54,6 +56,10 @@ class RunStats:
     interrupted: bool = False
     wall_s: float = 0.0
     label_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    kept: int = 0  # observations stored (a best frame is stored after its own frame)
+    kept_by_reason: Counter[str] = field(default_factory=Counter)
+    events_started: Counter[tuple[str, str]] = field(default_factory=Counter)
+    events_ended: Counter[str] = field(default_factory=Counter)  # by end reason
     latency_ms: dict[str, Window] = field(
         default_factory=lambda: {s: Window() for s in (*STAGES, "total")}
     )
@@ -66,6 +72,14 @@ class RunStats:
         for stage, ms in (*timings.items(), ("total", total)):
             self.latency_ms[stage].append(ms)
             self.latency_sum_ms[stage] += ms
+
+    def record_kept(self, observation: Observation) -> None:
+        self.kept += 1
+        self.kept_by_reason.update(observation.reasons)
+
+    def record_events(self, started: list[Event], ended: list[Event]) -> None:
+        self.events_started.update((e.group, e.label) for e in started)
+        self.events_ended.update(e.end_reason for e in ended if e.end_reason)
 
     def summary(self) -> dict[str, Any]:
         percentiles = {}
@@ -82,4 +96,15 @@ class RunStats:
             "fps": self.frames / self.wall_s if self.wall_s else 0.0,
             "latency_ms": percentiles,
             "labels": {f"{g}/{label}": n for (g, label), n in sorted(self.label_counts.items())},
+            "kept": {
+                "observations": self.kept,
+                "by_reason": {r: n for r in REASONS if (n := self.kept_by_reason[r])},
+            },
+            "events": {
+                "started": self.events_started.total(),
+                "ended": dict(sorted(self.events_ended.items())),
+                "by_label": {
+                    f"{g}/{label}": n for (g, label), n in sorted(self.events_started.items())
+                },
+            },
         }

@@ -63,6 +63,8 @@ class Values:
     queue_disk_full_total: int = counter("Times the disk was full (SQLITE_FULL).")
     queue_dropped_total: int = counter("Observations not stored: no room even after eviction.")
     published_messages_total: int = counter("ZeroMQ messages sent.")
+    observations_kept_total: int = counter("Observations stored by the keep policy.")
+    events_open: int = gauge("Label events going on now.")
     resident_memory_bytes: int = gauge("Resident set size of the agent process.")
 
 
@@ -86,6 +88,8 @@ def collect(runtime: Runtime, camera: SupervisedSource, last_frame_time: float) 
         queue_disk_full_total=store.disk.full_events,
         queue_dropped_total=store.dropped,
         published_messages_total=publisher.sent if publisher else 0,
+        observations_kept_total=runtime.stats.kept,
+        events_open=runtime.policy.events.open_count,
         resident_memory_bytes=resident_bytes(),
     )
 
@@ -111,6 +115,14 @@ def families(
         ("", {"group": g, "label": label}, n)
         for (g, label), n in sorted(stats.label_counts.items())
     ]
+    by_reason: list[Sample] = [
+        ("", {"reason": r}, n) for r, n in sorted(stats.kept_by_reason.items())
+    ]
+    started: list[Sample] = [
+        ("", {"group": g, "label": label}, n)
+        for (g, label), n in sorted(stats.events_started.items())
+    ]
+    ended: list[Sample] = [("", {"reason": r}, n) for r, n in sorted(stats.events_ended.items())]
     return [
         Metric(PREFIX + "info", "gauge", "Agent and model.", [("", info, 1)]),
         *(
@@ -122,6 +134,14 @@ def families(
         Metric(PREFIX + "camera_faults_total", "counter", "Camera faults by kind.", by_kind),
         Metric(PREFIX + "reloads_total", "counter", "SIGHUP reloads by result.", by_result),
         Metric(PREFIX + "labels_total", "counter", "Frames carrying each label.", by_label),
+        Metric(
+            PREFIX + "observations_kept_by_reason_total",
+            "counter",
+            "Observations stored, by why they were kept (one may have several reasons).",
+            by_reason,
+        ),
+        Metric(PREFIX + "events_started_total", "counter", "Label events opened.", started),
+        Metric(PREFIX + "events_ended_total", "counter", "Label events closed, by why.", ended),
         Metric(
             PREFIX + "stage_latency_seconds",
             "summary",

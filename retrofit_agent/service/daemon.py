@@ -47,7 +47,8 @@ from retrofit_agent.transport.upload import UploadThread
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # longest sleep slice: the watchdog and metrics stay fresh during a long backoff
-RESTART_SECTIONS = ("capture", "store", "publish", "metrics")  # not applied by a reload
+# not applied by a reload (keep: the policy's state, its open events, would be lost)
+RESTART_SECTIONS = ("capture", "store", "keep", "publish", "metrics")
 
 
 def main(config_path: Path) -> int:

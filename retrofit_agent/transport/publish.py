@@ -1,16 +1,22 @@
-"""ZeroMQ PUB socket: every observation to local subscribers, filterable by topic.
+"""ZeroMQ PUB socket: every observation and label event to local subscribers, by topic.
 
-Each observation goes out as multipart `[topic, json, embedding]` once under topic `obs` and
-once under `label.<group>.<label>` for each label it carries, so a subscriber that only wants
-pedestrians subscribes to `label.road_users.pedestrian`. Sends never block: PUB drops messages
-for a subscriber whose queue (`send_hwm`) is full, so a slow subscriber costs nothing.
+Each observation (every frame, kept or not: its `reasons` say whether it was stored) goes out
+as multipart `[topic, json, embedding]` once under topic `obs` and once under
+`label.<group>.<label>` for each label it carries, so a subscriber that only wants pedestrians
+subscribes to `label.road_users.pedestrian`. A label event goes out as `[topic, json]` under
+`event.start.<group>.<label>` when it opens and `event.end.<group>.<label>` when it closes
+(`event.` takes them all). Sends never block: PUB drops messages for a subscriber whose queue
+(`send_hwm`) is full, so a slow subscriber costs nothing.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import zmq
 
 from retrofit_agent.errors import ConfigError
+from retrofit_agent.event import Event
 from retrofit_agent.observation import Observation
 
 OBS_TOPIC = b"obs"
@@ -18,6 +24,10 @@ OBS_TOPIC = b"obs"
 
 def label_topic(group: str, label: str) -> bytes:
     return f"label.{group}.{label}".encode()
+
+
+def event_topic(kind: Literal["start", "end"], group: str, label: str) -> bytes:
+    return f"event.{kind}.{group}.{label}".encode()
 
 
 class Publisher:
@@ -40,6 +50,11 @@ class Publisher:
         for topic in topics:
             self._socket.send_multipart([topic, header, observation.embedding], zmq.NOBLOCK)
         self.sent += len(topics)
+
+    def publish_event(self, kind: Literal["start", "end"], event: Event) -> None:
+        topic = event_topic(kind, event.group, event.label)
+        self._socket.send_multipart([topic, event.json()], zmq.NOBLOCK)
+        self.sent += 1
 
     def close(self) -> None:
         self._socket.close()

@@ -23,7 +23,8 @@ def drain(socket: zmq.Socket) -> list[list[bytes]]:
 
 
 def config_for(bundle, tmp_path, db="obs.db", **overrides):
-    """The tiny bundle, a database in tmp_path, no ZeroMQ unless an endpoint is given."""
+    """The tiny bundle, a database in tmp_path, no ZeroMQ unless an endpoint is given; every
+    frame stored unless a test sets the keep policy."""
     return load_config(
         None,
         environ={},
@@ -31,53 +32,70 @@ def config_for(bundle, tmp_path, db="obs.db", **overrides):
             "model": bundle,
             "store.path": tmp_path / db,
             "publish.enabled": "publish.endpoint" in overrides,
+            "keep.every_frame": not any(key.startswith("keep.") for key in overrides),
             **overrides,
         },
     )
 
 
 def test_real_footage_end_to_end(tiny_bundle, real_video, tmp_path):
+    """Every frame is published; the keep policy's frames are stored, as published."""
     endpoint = f"ipc://{tmp_path}/agent.sock"
     config = config_for(
         tiny_bundle,
         tmp_path,
         device_id="cam-e2e",
-        **{"publish.endpoint": endpoint, "publish.send_hwm": 10_000},
+        **{"publish.endpoint": endpoint, "publish.send_hwm": 10_000, "keep.every_frame": False},
     )
     with Runtime(config, CaptureConfig(source=str(real_video))) as runtime:
         everything = subscriber(endpoint, b"obs")
         top_label = subscriber(endpoint, b"label.road_users.")
+        events = subscriber(endpoint, b"event.", b"obs")  # obs: to see that it is subscribed
         wait_until_subscribed(
-            runtime.publisher, everything, top_label, probe_label=("road_users", "car")
+            runtime.publisher, everything, top_label, events, probe_label=("road_users", "car")
         )
         stats = runtime.run()
         assert stats.frames == runtime.source.total == 221 and stats.dropped == 0
         stored = list(runtime.store.observations())
+        stored_events = runtime.store.events.events()
         pipeline = runtime.pipeline
-    assert [o.frame_index for o in stored] == list(range(221))
-    assert len({o.seq for o in stored}) == 221
-    assert all(o.device_id == "cam-e2e" and o.source == str(real_video) for o in stored)
-    assert all(o.model.manifest_sha256 == pipeline.bundle.manifest_sha256 for o in stored)
+    published = [
+        Observation.model_validate({**json.loads(header), "embedding": embedding})
+        for topic, header, embedding in drain(everything)
+    ]
+    assert [o.frame_index for o in published] == list(range(221))
+    assert len({o.seq for o in published}) == 221
+    assert all(o.device_id == "cam-e2e" and o.source == str(real_video) for o in published)
+    assert all(o.model.manifest_sha256 == pipeline.bundle.manifest_sha256 for o in published)
 
-    published = drain(everything)
-    assert [m[0] for m in published] == [b"obs"] * 221
-    by_seq = {o.seq: o for o in stored}
-    for _, header, embedding in published:
-        obs = Observation.model_validate({**json.loads(header), "embedding": embedding})
-        assert obs == by_seq[obs.seq]  # same labels, scores and float16 embedding bytes
+    # stored: what was published with reasons, and the events' best frames (stored when
+    # their event ended, so published before with none), each exactly as published
+    assert 0 < len(stored) < 221 and all(o.reasons for o in stored)
+    by_seq = {o.seq: o for o in published}
+    for obs in stored:
+        assert obs == by_seq[obs.seq].model_copy(update={"reasons": obs.reasons})
+    kept = {o.seq for o in published if o.reasons}
+    assert {o.seq for o in stored if o.reasons != ["best"]} == kept
+    assert {e.best_seq for e in stored_events} <= {o.seq for o in stored}
+    assert stats.kept == len(stored)
 
     filtered = drain(top_label)
-    expected = sum(1 for o in stored for s in o.labels if s.group == "road_users")
+    expected = sum(1 for o in published for s in o.labels if s.group == "road_users")
     assert 0 < len(filtered) == expected < 221 * 4
     assert all(topic.startswith(b"label.road_users.") for topic, _, _ in filtered)
+    topics = [m[0].decode() for m in drain(events) if m[0].startswith(b"event.")]
+    assert len(topics) == 2 * len(stored_events) > 0  # a start and an end each
+    assert {t for t in topics if t.startswith("event.end.")} == {
+        f"event.end.{e.group}.{e.label}" for e in stored_events
+    }
 
     # the stored embedding is the student's output for that frame, unit length
     assert np.allclose(np.linalg.norm(stored[0].embedding_array().astype(np.float32)), 1, atol=1e-2)
     summary = stats.summary()
     assert set(summary["latency_ms"]) == {*STAGES, "total"}
-    assert sum(summary["labels"].values()) == sum(len(o.labels) for o in stored)
-    everything.close()
-    top_label.close()
+    assert sum(summary["labels"].values()) == sum(len(o.labels) for o in published)
+    for socket in (everything, top_label, events):
+        socket.close()
 
 
 def test_embedding_matches_a_direct_computation(tiny_bundle, synthetic_video, tmp_path):

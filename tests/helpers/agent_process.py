@@ -40,6 +40,9 @@ path = "{db}"
 commit_every = 5
 commit_interval_s = 0.2
 
+[keep]
+{keep}
+
 [publish]
 enabled = false
 
@@ -53,13 +56,21 @@ level = "DEBUG"
 """
 
 
-def config_text(tmp_path: Path, bundle: Path, stall_timeout_s: float = 1.0, extra: str = "") -> str:
-    """The test config: the fake camera, the tiny bundle, fast batches, DEBUG logs."""
+def config_text(
+    tmp_path: Path,
+    bundle: Path,
+    stall_timeout_s: float = 1.0,
+    extra: str = "",
+    keep: str = "every_frame = true",
+) -> str:
+    """The test config: the fake camera, the tiny bundle, fast batches, DEBUG logs; `keep` is
+    the body of the [keep] section (by default every frame is stored)."""
     text = CONFIG.format(
         bundle=bundle,
         stall_timeout_s=stall_timeout_s,
         db=tmp_path / "obs.db",
         metrics=tmp_path / "agent.prom",
+        keep=keep,
     )
     return text + extra
 

@@ -2,6 +2,7 @@
 strictly (the service's own /metrics: test_service)."""
 
 import dataclasses
+import itertools
 from collections import Counter
 
 import pytest
@@ -10,6 +11,8 @@ from helpers.observations import observation
 
 from retrofit_agent import __version__
 from retrofit_agent.frames.stats import RunStats
+from retrofit_agent.keep.config import KeepConfig
+from retrofit_agent.keep.policy import KeepPolicy
 from retrofit_agent.observation import ModelRef
 from retrofit_agent.service.catalogue import PREFIX, QUANTILES, Values, families
 from retrofit_agent.service.metrics import render
@@ -50,6 +53,11 @@ def test_single_values_keep_their_names_types_and_values():
 
 def test_labelled_families():
     stats = stats_of(4)
+    for reasons in (["change", "novel"], ["heartbeat"], ["novel"]):
+        stats.record_kept(observation(9).model_copy(update={"reasons": reasons}))
+    policy = KeepPolicy(KeepConfig(min_frames=1, end_frames=1), itertools.count(100).__next__)
+    started = policy.decide(observation(1), 1.0).started  # weather/rain
+    stats.record_events(started, policy.close().ended)
     faults = Counter(lost=2, corrupt=1)
     reloads = Counter(ok=3)
     parsed = parse_metrics(
@@ -64,6 +72,14 @@ def test_labelled_families():
     assert parsed[f'{PREFIX}camera_faults_total{{kind="corrupt"}}'] == 1
     assert parsed[f'{PREFIX}reloads_total{{result="ok"}}'] == 3
     assert parsed[f'{PREFIX}labels_total{{group="weather",label="rain"}}'] == 4
+    kept = f"{PREFIX}observations_kept_by_reason_total"
+    assert [parsed[f'{kept}{{reason="{r}"}}'] for r in ("change", "heartbeat", "novel")] == [
+        1,
+        1,
+        2,
+    ]
+    assert parsed[f'{PREFIX}events_started_total{{group="weather",label="rain"}}'] == 1
+    assert parsed[f'{PREFIX}events_ended_total{{reason="stopped"}}'] == 1
     latency = f"{PREFIX}stage_latency_seconds"
     # inference took 1, 2, 3, 4 ms: the median 2.5 ms, the sum 10 ms, over 4 frames
     assert parsed[f'{latency}{{stage="inference",quantile="0.5"}}'] == pytest.approx(0.0025)

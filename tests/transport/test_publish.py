@@ -1,3 +1,4 @@
+import itertools
 import json
 import threading
 
@@ -7,6 +8,9 @@ from helpers.observations import observation, with_labels
 from helpers.zmq_sub import subscriber, wait_until_subscribed
 
 from retrofit_agent.errors import ConfigError
+from retrofit_agent.event import Event
+from retrofit_agent.keep.config import KeepConfig
+from retrofit_agent.keep.policy import KeepPolicy
 from retrofit_agent.observation import Observation
 from retrofit_agent.transport.publish import Publisher
 
@@ -48,6 +52,28 @@ def test_topics_parts_and_filtering(tmp_path):
     cars.setsockopt(zmq.RCVTIMEO, 200)
     with pytest.raises(zmq.Again):
         cars.recv_multipart()
+    publisher.close()
+
+
+def test_events_are_published_under_their_own_topics(tmp_path):
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    publisher = Publisher(endpoint)
+    ends = subscriber(endpoint, b"obs", b"event.end.weather.")  # obs: to know it is there
+    wait_until_subscribed(publisher, ends)
+    policy = KeepPolicy(KeepConfig(min_frames=2, end_frames=1), itertools.count(100).__next__)
+    for seq, labels in enumerate([[("weather", "rain")]] * 3 + [[("users", "car")]] * 3, 1):
+        decision = policy.decide(with_labels(seq, *labels), float(seq))
+        for event in decision.started:
+            publisher.publish_event("start", event)
+        for event in decision.ended:
+            publisher.publish_event("end", event)
+    topic, data = ends.recv_multipart()
+    assert topic == b"event.end.weather.rain"
+    event = Event.model_validate_json(data)
+    assert (event.seq, event.start_seq, event.end_seq, event.end_reason) == (100, 1, 3, "absent")
+    ends.setsockopt(zmq.RCVTIMEO, 200)
+    with pytest.raises(zmq.Again):  # starts, and the car's events, are other topics
+        ends.recv_multipart()
     publisher.close()
 
 
