@@ -82,13 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     retention = command("retention", "drop what was captured more than N days ago")
     retention.add_argument("--keep-days", type=int, required=True, metavar="N")
 
-    query = command("query", "observations, or nearest neighbours of an embedding (JSON lines)")
-    query.add_argument("what", choices=["observations", "nearest"])
+    query = command(
+        "query", "observations, label events, or nearest neighbours of an embedding (JSON lines)"
+    )
+    query.add_argument("what", choices=["observations", "events", "nearest"])
     query.add_argument("--device", help="only this device")
     query.add_argument("--since", type=moment, help="ISO 8601 (default: 24 hours ago)")
     query.add_argument("--until", type=moment, help="ISO 8601, excluded (default: now)")
-    query.add_argument("--label", help="observations: only rows carrying this label")
-    query.add_argument("--limit", type=int, default=1000, help="observations: at most (1000)")
+    query.add_argument("--label", help="observations, events: only those of this label")
+    query.add_argument("--limit", type=int, default=1000, help="observations, events: (1000)")
     query.add_argument("--embedding", type=Path, help="nearest: float16 bytes, as uploaded")
     query.add_argument("--embedding-b64", help="nearest: the same, base64")
     query.add_argument("-k", type=int, default=10, help="nearest: how many (10)")
@@ -177,10 +179,14 @@ def query_vector(args: argparse.Namespace) -> np.ndarray:
 def run_query(store: FleetStore, args: argparse.Namespace) -> int:
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(days=1)
+    window = ObservationQuery(since, until, args.device, args.label, args.limit)
     if args.what == "observations":
-        rows = ObservationQuery(since, until, args.device, args.label, args.limit)
-        for _, header in store.observations(rows):
+        for _, header in store.observations(window):
             print(header)
+        return 0
+    if args.what == "events":  # by start time
+        for event in store.events(window):
+            print(event)
         return 0
     for n in nearest(store, query_vector(args), since, until, args.k, args.device):
         line = {"similarity": round(n.similarity, 6), "device_id": n.device_id, "seq": n.seq}

@@ -22,7 +22,8 @@ from retrofit_agent.common.strict import StrictModel
 from retrofit_agent.transport.protocol import MAX_ROWS
 
 MAX_SEQ = 2**63 - 1  # PostgreSQL bigint, SQLite INTEGER
-KNOWN_SCHEMA_VERSIONS = frozenset({1})  # retrofit_agent.observation.SCHEMA_VERSION
+KNOWN_SCHEMA_VERSIONS = frozenset({1, 2})  # retrofit_agent.observation.SCHEMA_VERSION
+KNOWN_EVENT_SCHEMA_VERSIONS = frozenset({1})  # retrofit_agent.event.EVENT_SCHEMA_VERSION
 INFLATE_STEP = 1 << 20  # bytes inflated per call: memory grows by at most this past a cap
 VALUE_MARKS = (b"[", b"{", b",")
 

@@ -17,6 +17,10 @@
   `INSERT ... SELECT ... ON CONFLICT DO NOTHING` whose row count is the number of new rows;
   bench/fleet_insert.py measured it against executemany of `INSERT ... ON CONFLICT DO NOTHING`
   (pipelined) and kept the faster (numbers in bench/results/fleet_load.md).
+- Label events (`events`) are partitioned the same way, by the day of their `start_utc`, and
+  retention drops both tables' partitions of a day together. They are few (an event is a
+  label's presence over seconds to hours), so they go in by one `INSERT ... SELECT FROM
+  unnest(...) ON CONFLICT DO NOTHING`, not COPY.
 - Embeddings are the uploaded float16 bytes (bytea). Nearest neighbours are an exact scan of a
   time window (`retrofit_agent.fleet.query`); pgvector, when the extension is installed, is
   detected at start and reported, not used yet (it is not installed on these machines, so a
@@ -45,6 +49,7 @@ from retrofit_agent.fleet.store import (
     EmbeddingChunk,
     FleetStore,
     ObservationQuery,
+    StoredEvent,
     StoredRow,
     StoreError,
     StoreUnavailable,
@@ -52,7 +57,8 @@ from retrofit_agent.fleet.store import (
 
 SCHEMA_LOCK = 0x19F1EE7  # advisory lock: schema and partition changes, one process at a time
 DAYS_AHEAD = 3
-PARTITION = re.compile(r"observations_p(\d{8})")
+PARTITIONED = ("observations", "events")  # each by day: observations_pYYYYMMDD, events_p...
+PARTITION = re.compile(r"(observations|events)_p(\d{8})")
 COLUMNS = "device_id, seq, captured_utc, batch_id, header, embedding"
 
 SCHEMA = """
@@ -65,6 +71,12 @@ CREATE TABLE IF NOT EXISTS observations (
     header jsonb NOT NULL, embedding bytea,
     PRIMARY KEY (device_id, seq, captured_utc)
 ) PARTITION BY RANGE (captured_utc);
+CREATE TABLE IF NOT EXISTS events (
+    device_id text NOT NULL, seq bigint NOT NULL, start_utc timestamptz NOT NULL,
+    received_utc timestamptz NOT NULL DEFAULT now(), batch_id text NOT NULL,
+    event jsonb NOT NULL,
+    PRIMARY KEY (device_id, seq, start_utc)
+) PARTITION BY RANGE (start_utc);
 CREATE TABLE IF NOT EXISTS campaigns (
     sha256 text PRIMARY KEY, added_utc timestamptz NOT NULL DEFAULT now(),
     document bytea NOT NULL);
@@ -79,12 +91,17 @@ MERGE = (
     f"INSERT INTO observations ({COLUMNS}) SELECT device_id, seq, captured_utc, batch_id, "
     "header::jsonb, embedding FROM staging ON CONFLICT DO NOTHING"
 )
+INSERT_EVENTS = (
+    "INSERT INTO events (device_id, seq, start_utc, batch_id, event) "
+    "SELECT d, s, t, %s, e::jsonb FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], "
+    "%s::text[]) AS u(d, s, t, e) ON CONFLICT DO NOTHING"
+)
 
 log = logging.getLogger(__name__)
 
 
-def partition_name(day: date) -> str:
-    return f"observations_p{day:%Y%m%d}"
+def partition_name(day: date, table: str = "observations") -> str:
+    return f"{table}_p{day:%Y%m%d}"
 
 
 def _prepare(conn: psycopg.Connection) -> None:
@@ -95,7 +112,7 @@ def _prepare(conn: psycopg.Connection) -> None:
 class PostgresStore(FleetStore):
     def __init__(self, url: str, create: bool = True, pool_size: int = 4) -> None:
         self._url = url
-        self._days: set[date] = set()
+        self._days: dict[str, set[date]] = {table: set() for table in PARTITIONED}
         try:  # once outside the pool, which would only say that it timed out
             with psycopg.connect(url, connect_timeout=10) as conn:
                 found = conn.execute("SELECT to_regclass('observations')").fetchone()
@@ -134,34 +151,39 @@ class PostgresStore(FleetStore):
         today = now.astimezone(UTC).date()
         return {today + timedelta(days=n) for n in range(DAYS_AHEAD + 1)}
 
-    def partitions(self) -> list[str]:
-        """The names of the day partitions, oldest first."""
+    def partitions(self, table: str = "observations") -> list[str]:
+        """The names of `table`'s day partitions, oldest first."""
         with self._pool.connection() as conn:
             rows = conn.execute(
                 "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'observations'::regclass ORDER BY c.relname"
+                "WHERE i.inhparent = %s::regclass ORDER BY c.relname",
+                [table],
             ).fetchall()
         return [name for (name,) in rows]
 
     def _load_days(self) -> None:
-        found = (PARTITION.fullmatch(name) for name in self.partitions())
-        self._days = {datetime.strptime(m[1], "%Y%m%d").date() for m in found if m}
+        for table in PARTITIONED:
+            found = (PARTITION.fullmatch(name) for name in self.partitions(table))
+            self._days[table] = {datetime.strptime(m[2], "%Y%m%d").date() for m in found if m}
 
     def ensure_partitions(self, days: set[date]) -> None:
-        """Create the day partitions that are missing (idempotent, safe from many processes)."""
-        missing = days - self._days
-        if not missing:
+        """Create the day partitions of every partitioned table that are missing (idempotent,
+        safe from many processes)."""
+        missing = {table: days - known for table, known in self._days.items()}
+        if not any(missing.values()):
             return
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])
-            for day in sorted(missing):
-                start = datetime.combine(day, time(), UTC)
-                end = start + timedelta(days=1)
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF observations "
-                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                )
-        self._days |= missing
+            for table, table_days in missing.items():
+                for day in sorted(table_days):
+                    start = datetime.combine(day, time(), UTC)
+                    end = start + timedelta(days=1)
+                    conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {partition_name(day, table)} PARTITION OF "
+                        f"{table} FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                    )
+        for table, table_days in missing.items():
+            self._days[table] |= table_days
 
     def device_for_token(self, token_sha256: bytes) -> str | None:
         with self._pool.connection() as conn:
@@ -221,6 +243,42 @@ class PostgresStore(FleetStore):
                     )
             cur.execute(MERGE)
             return cur.rowcount
+
+    def store_events(self, batch_id: str, events: list[StoredEvent]) -> int:
+        days = {e.start_utc.date() for e in events}
+        self.ensure_partitions(days)
+        try:
+            return self._insert_events(batch_id, events)
+        except errors.CheckViolation:  # a day partition dropped meanwhile (retention)
+            self._load_days()
+            self.ensure_partitions(days)
+            return self._insert_events(batch_id, events)
+
+    def _insert_events(self, batch_id: str, events: list[StoredEvent]) -> int:
+        columns = [
+            [e.device_id for e in events],
+            [e.seq for e in events],
+            [e.start_utc for e in events],
+            [e.event for e in events],
+        ]
+        with self._pool.connection() as conn, conn.transaction():
+            return conn.execute(INSERT_EVENTS, [batch_id, *columns]).rowcount
+
+    def events(self, query: ObservationQuery) -> Iterator[str]:
+        sql = "SELECT event::text FROM events WHERE start_utc >= %s AND start_utc < %s"
+        args: list[object] = [query.since, query.until]
+        if query.device_id is not None:
+            sql += " AND device_id = %s"
+            args.append(query.device_id)
+        if query.label is not None:
+            sql += " AND event->>'label' = %s"
+            args.append(query.label)
+        sql += " ORDER BY start_utc, device_id, seq LIMIT %s"
+        args.append(query.limit)
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        for (event,) in rows:
+            yield event
 
     def add_campaign(self, sha256: str, document: bytes) -> bool:
         with self._pool.connection() as conn:
@@ -285,12 +343,13 @@ class PostgresStore(FleetStore):
         first_kept = today.astimezone(UTC).date() - timedelta(days=keep_days)
         dropped = []
         with psycopg.connect(self._url, autocommit=True) as conn:  # CONCURRENTLY: no transaction
-            for name in self.partitions():
-                match = PARTITION.fullmatch(name)
-                if match and datetime.strptime(match[1], "%Y%m%d").date() < first_kept:
-                    conn.execute(f"ALTER TABLE observations DETACH PARTITION {name} CONCURRENTLY")
-                    conn.execute(f"DROP TABLE {name}")
-                    dropped.append(name)
+            for table in PARTITIONED:
+                for name in self.partitions(table):
+                    match = PARTITION.fullmatch(name)
+                    if match and datetime.strptime(match[2], "%Y%m%d").date() < first_kept:
+                        conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY")
+                        conn.execute(f"DROP TABLE {name}")
+                        dropped.append(name)
         self._load_days()
         self.ensure_partitions(self._ahead(today))
         return dropped

@@ -25,6 +25,7 @@ from retrofit_agent.fleet.store import (
     EmbeddingChunk,
     FleetStore,
     ObservationQuery,
+    StoredEvent,
     StoredRow,
     StoreError,
 )
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS observations (
     received_utc TEXT NOT NULL, batch_id TEXT NOT NULL, header TEXT NOT NULL, embedding BLOB,
     PRIMARY KEY (device_id, seq));
 CREATE INDEX IF NOT EXISTS observations_captured ON observations (captured_utc);
+CREATE TABLE IF NOT EXISTS events (
+    device_id TEXT NOT NULL, seq INTEGER NOT NULL, start_utc TEXT NOT NULL,
+    received_utc TEXT NOT NULL, batch_id TEXT NOT NULL, event TEXT NOT NULL,
+    PRIMARY KEY (device_id, seq));
+CREATE INDEX IF NOT EXISTS events_start ON events (start_utc);
 CREATE TABLE IF NOT EXISTS campaigns (
     sha256 TEXT PRIMARY KEY, added_utc TEXT NOT NULL, document BLOB NOT NULL);
 """
@@ -113,6 +119,33 @@ class SqliteStore(FleetStore):
             )
         return cursor.rowcount
 
+    def store_events(self, batch_id: str, events: list[StoredEvent]) -> int:
+        now = utc_text(datetime.now(UTC))
+        values = [
+            (e.device_id, e.seq, utc_text(e.start_utc), now, batch_id, e.event) for e in events
+        ]
+        with self._lock, immediate(self._db):
+            cursor = self._db.executemany(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", values
+            )
+        return cursor.rowcount
+
+    def events(self, query: ObservationQuery) -> Iterator[str]:
+        sql = "SELECT event FROM events WHERE start_utc >= ? AND start_utc < ?"
+        args: list[object] = [utc_text(query.since), utc_text(query.until)]
+        if query.device_id is not None:
+            sql += " AND device_id = ?"
+            args.append(query.device_id)
+        if query.label is not None:
+            sql += " AND json_extract(event, '$.label') = ?"
+            args.append(query.label)
+        sql += " ORDER BY start_utc, device_id, seq LIMIT ?"
+        args.append(query.limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        for (event,) in rows:
+            yield event
+
     def add_campaign(self, sha256: str, document: bytes) -> bool:
         with self._lock, immediate(self._db):
             cursor = self._db.execute(
@@ -178,10 +211,14 @@ class SqliteStore(FleetStore):
         cutoff = today.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         cutoff -= timedelta(days=keep_days)
         with self._lock, immediate(self._db):
-            cursor = self._db.execute(
+            rows = self._db.execute(
                 "DELETE FROM observations WHERE captured_utc < ?", [utc_text(cutoff)]
-            )
-        return [f"{cursor.rowcount} rows captured before {cutoff.date().isoformat()}"]
+            ).rowcount
+            events = self._db.execute(
+                "DELETE FROM events WHERE start_utc < ?", [utc_text(cutoff)]
+            ).rowcount
+        day = cutoff.date().isoformat()
+        return [f"{rows} rows captured before {day}", f"{events} events started before {day}"]
 
     def close(self) -> None:
         with self._lock:

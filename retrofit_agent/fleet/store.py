@@ -12,12 +12,9 @@ acknowledgement) calls only `FleetStore`; `open_store(url)` picks the implementa
 
 The methods are synchronous (psycopg's pool and sqlite3 are); the app calls them from worker
 threads, bounded by `Limits.max_inflight`. `store_rows` returns only after the rows are
-committed: the acknowledgement is built from what it returns.
-
-Events (the keyframes issue, 17) are not stored yet: their fields are not defined, and a
-table guessed now would be a migration later. They get their own table keyed by
-`(device_id, seq)` and a `store_events` method here when 17 defines them; until then a batch
-carrying `events` is refused by the envelope (unknown key).
+committed: the acknowledgement is built from what it returns; `store_events` likewise for
+label events (contract 3, `retrofit_agent.event`), kept in their own table keyed by
+`(device_id, seq)` and dropped by retention with the observations of their start day.
 """
 
 from __future__ import annotations
@@ -41,6 +38,16 @@ class StoredRow:
     captured_utc: datetime  # timezone-aware
     header: str  # the observation without its embedding (contract 3), JSON
     embedding: bytes | None  # float16, as uploaded
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One validated, closed label event as stored: its key, its start day, its JSON."""
+
+    device_id: str
+    seq: int
+    start_utc: datetime  # timezone-aware; picks the day partition
+    event: str  # contract 3's Event, JSON
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,15 @@ class FleetStore(ABC):
     @abstractmethod
     def store_rows(self, batch_id: str, rows: list[StoredRow]) -> int:
         """Insert the rows not yet held, in one committed transaction; how many were new."""
+
+    @abstractmethod
+    def store_events(self, batch_id: str, events: list[StoredEvent]) -> int:
+        """Insert the events not yet held, in one committed transaction; how many were new."""
+
+    @abstractmethod
+    def events(self, query: ObservationQuery) -> Iterator[str]:
+        """The JSON of matching events (by label name, device, start in the window), by
+        start_utc, at most query.limit."""
 
     @abstractmethod
     def add_campaign(self, sha256: str, document: bytes) -> bool:

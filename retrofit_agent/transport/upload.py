@@ -5,7 +5,9 @@ receives it.
 
 - A row leaves `pending` only when an acknowledgement naming it arrives. A crash, a timeout or
   a lost answer re-sends at most the batch in flight; the server deduplicates by
-  `(device_id, seq)`, so a re-send is harmless.
+  `(device_id, seq)`, so a re-send is harmless. Closed label events travel the same way, in
+  the same batches, first (they are few and small): everything said of rows here holds for
+  them, under their own seqs.
 - Every failed attempt waits a full-jitter exponential backoff (common.backoff), uniform in
   [0, min(cap, base * 2**(failures - 1))], or longer if the server sent Retry-After: a dead link
   costs a bounded number of requests per hour, and a fleet does not retry in lockstep.
@@ -90,6 +92,9 @@ class Step:
     quarantined: int = 0
     duplicates: int = 0
     error: str | None = None
+    events_uploaded: int = 0
+    events_quarantined: int = 0
+    event_duplicates: int = 0
 
 
 @dataclass
@@ -100,6 +105,9 @@ class DrainStats:
     uploaded: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    events_uploaded: int = 0
+    events_quarantined: int = 0
+    event_duplicates: int = 0
     sent_bytes: int = 0
     failures: int = 0
     stopped: str = ""
@@ -111,6 +119,9 @@ class DrainStats:
         self.uploaded += step.uploaded
         self.quarantined += step.quarantined
         self.duplicates += step.duplicates
+        self.events_uploaded += step.events_uploaded
+        self.events_quarantined += step.events_quarantined
+        self.event_duplicates += step.event_duplicates
         self.sent_bytes += step.sent_bytes
         self.stopped = step.outcome
 
@@ -118,21 +129,39 @@ class DrainStats:
         return asdict(self)
 
 
+Items = list[tuple[int, dict[str, Any]]]  # (seq, the row or event as sent)
+
+
 @dataclass(frozen=True)
 class Payload:
-    """One request body and the seqs it carries."""
+    """One request body and the seqs of the rows and events it carries."""
 
     batch_id: str
     seqs: list[int]
     body: bytes
+    event_seqs: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.seqs) + len(self.event_seqs)
 
 
-def encode(rows: list[tuple[int, dict[str, Any]]]) -> Payload:
-    """A gzip-compressed batch (protocol.Batch) of (seq, row) pairs, with a fresh batch id."""
+def encode(rows: Items, events: Items | None = None) -> Payload:
+    """A gzip-compressed batch (protocol.Batch) of (seq, item) pairs, with a fresh batch id."""
     batch_id = uuid.uuid4().hex
-    envelope = {"protocol": PROTOCOL, "batch_id": batch_id, "rows": [row for _, row in rows]}
+    envelope: dict[str, Any] = {"protocol": PROTOCOL, "batch_id": batch_id}
+    envelope["rows"] = [row for _, row in rows]
+    events = events or []
+    if events:  # a batch of rows alone is what every version-1 server takes
+        envelope["events"] = [event for _, event in events]
     text = json.dumps(envelope, separators=(",", ":")).encode()
-    return Payload(batch_id, [seq for seq, _ in rows], gzip.compress(text, mtime=0))
+    body = gzip.compress(text, mtime=0)
+    return Payload(batch_id, [seq for seq, _ in rows], body, tuple(seq for seq, _ in events))
+
+
+def halve(rows: Items, events: Items) -> tuple[Items, Items]:
+    """The first half of a batch's items, events first (the order they are sent in)."""
+    keep = (len(rows) + len(events)) // 2
+    return rows[: max(0, keep - len(events))], events[:keep]
 
 
 def read_ack(data: bytes, payload: Payload) -> Ack:
@@ -146,8 +175,12 @@ def read_ack(data: bytes, payload: Payload) -> Ack:
     named = set(ack.accepted) | {r.seq for r in ack.rejected}
     if not named <= set(payload.seqs):
         raise ValueError(f"names seqs that were not sent: {sorted(named - set(payload.seqs))}")
-    if not named:
-        raise ValueError("names none of the batch's rows")
+    events = set(ack.events_accepted) | {r.seq for r in ack.events_rejected}
+    if not events <= set(payload.event_seqs):
+        unsent = sorted(events - set(payload.event_seqs))
+        raise ValueError(f"names events that were not sent: {unsent}")
+    if not named and not events:
+        raise ValueError("names none of the batch's rows and events")
     return ack
 
 
@@ -242,11 +275,12 @@ class Uploader:
         now = self._clock()
         if (wait := seconds_until_open(self.config.windows, now)) > 0:
             return self._idle(Outcome.WINDOW, wait)
-        rows = self._pending()
-        if not rows:
+        events = self._pending_events()
+        rows = self._pending(self._batch_rows - len(events))
+        if not rows and not events:
             return self._idle(Outcome.EMPTY, self.config.poll_interval_s)
         day = now.date().isoformat()
-        payload = self._fit(rows, self._budget_left(day))
+        payload = self._fit(rows, events, self._budget_left(day))
         if payload is None:
             return self._idle(Outcome.BUDGET, seconds_until_tomorrow(now))
         step = self._send(payload, day)
@@ -270,7 +304,8 @@ class Uploader:
                 if step.outcome is Outcome.SENT:
                     failed_in_row = 0
                 failed_in_row += step.outcome is Outcome.FAILED or (
-                    step.outcome is Outcome.REJECTED and step.quarantined > 0
+                    step.outcome is Outcome.REJECTED
+                    and step.quarantined + step.events_quarantined > 0
                 )
                 if once:
                     if step.outcome in (Outcome.EMPTY, Outcome.WINDOW, Outcome.BUDGET):
@@ -294,11 +329,17 @@ class Uploader:
         self._link.close()
         return Step(outcome, wait_s)
 
-    def _pending(self) -> list[tuple[int, dict[str, Any]]]:
+    def _pending_events(self) -> Items:
+        """Closed events not yet uploaded, up to a batch, as (seq, event)."""
+        newest_first = self.config.order == "newest"
+        rows = self.store.events.pending(self._batch_rows, newest_first)
+        return [(seq, json.loads(event)) for seq, event in rows]
+
+    def _pending(self, limit: int) -> Items:
         """Pending rows in upload order as (seq, row); a row whose stored JSON is broken is
         quarantined here, since no server could accept it."""
         newest_first = self.config.order == "newest"
-        while raw := self.store.pending_rows(self._batch_rows, newest_first):
+        while limit > 0 and (raw := self.store.pending_rows(limit, newest_first)):
             rows, broken = [], []
             for seq, header, embedding in raw:
                 try:
@@ -324,13 +365,13 @@ class Uploader:
             return float("inf")
         return self.config.max_bytes_per_day - self.budget.spent(day)
 
-    def _fit(self, rows: list[tuple[int, dict[str, Any]]], budget_left: float) -> Payload | None:
-        """The batch, halved until it fits batch_bytes (one row always goes) and the budget."""
+    def _fit(self, rows: Items, events: Items, budget_left: float) -> Payload | None:
+        """The batch, halved until it fits batch_bytes (one item always goes) and the budget."""
         limit = min(self.config.batch_bytes, budget_left)
-        payload = encode(rows)
-        while len(payload.body) > limit and len(rows) > 1:
-            rows = rows[: len(rows) // 2]
-            payload = encode(rows)
+        payload = encode(rows, events)
+        while len(payload.body) > limit and len(payload) > 1:
+            rows, events = halve(rows, events)
+            payload = encode(rows, events)
         return payload if len(payload.body) <= budget_left else None
 
     def _send(self, payload: Payload, day: str) -> Step:
@@ -363,11 +404,14 @@ class Uploader:
         rejected = [r.seq for r in ack.rejected]
         self.store.set_state(ack.accepted, UPLOADED)
         self.store.set_state(rejected, QUARANTINED)
-        for row in ack.rejected:
-            log.warning(
-                "quarantined a row the server rejected",
-                extra=kv(seq=row.seq, error=self._redact(row.error)),
-            )
+        self.store.events.set_state(ack.events_accepted, UPLOADED)
+        self.store.events.set_state([r.seq for r in ack.events_rejected], QUARANTINED)
+        for kind, refused in (("row", ack.rejected), ("event", ack.events_rejected)):
+            for row in refused:
+                log.warning(
+                    f"quarantined {'a row' if kind == 'row' else 'an event'} the server rejected",
+                    extra=kv(seq=row.seq, error=self._redact(row.error)),
+                )
         self._backoff.reset()
         log.info("batch uploaded", extra=kv(batch_id=payload.batch_id, rows=len(ack.accepted)))
         return Step(
@@ -377,20 +421,30 @@ class Uploader:
             uploaded=len(ack.accepted),
             quarantined=len(rejected),
             duplicates=ack.duplicates,
+            events_uploaded=len(ack.events_accepted),
+            events_quarantined=len(ack.events_rejected),
+            event_duplicates=ack.event_duplicates,
         )
 
     def _content_refused(self, payload: Payload, error: str) -> Step:
         """Halve the batch until the refused row is alone; then quarantine it. Batches that
         are accepted meanwhile keep the small size, so the search stays near the culprit."""
-        if len(payload.seqs) > 1:
-            self._batch_rows = len(payload.seqs) // 2
+        if len(payload) > 1:
+            self._batch_rows = len(payload) // 2
             log.warning(
                 "batch refused, trying half of it",
-                extra=kv(rows=len(payload.seqs), next_rows=self._batch_rows, error=error),
+                extra=kv(rows=len(payload), next_rows=self._batch_rows, error=error),
             )
             return Step(Outcome.REJECTED, self._wait(), len(payload.body), error=error)
-        self.store.set_state(payload.seqs, QUARANTINED)
         self._batch_rows = self.config.batch_rows
+        if payload.event_seqs:
+            self.store.events.set_state(payload.event_seqs, QUARANTINED)
+            log.warning(
+                "quarantined an event the server refused",
+                extra=kv(seq=payload.event_seqs[0], error=error),
+            )
+            return self._failed(Outcome.REJECTED, payload, error, events_quarantined=1)
+        self.store.set_state(payload.seqs, QUARANTINED)
         log.warning(
             "quarantined a row the server refused", extra=kv(seq=payload.seqs[0], error=error)
         )
@@ -403,14 +457,22 @@ class Uploader:
         error: str,
         retry_after_s: float = 0.0,
         quarantined: int = 0,
+        events_quarantined: int = 0,
     ) -> Step:
         delay = self._backoff.next_delay(at_least_s=retry_after_s)
         self._next_at = max(self._next_at, time.monotonic() + delay)
         log.warning(
             f"upload {outcome}",
-            extra=kv(rows=len(payload.seqs), error=error, next_try_in_s=delay),
+            extra=kv(rows=len(payload), error=error, next_try_in_s=delay),
         )
-        return Step(outcome, self._wait(), len(payload.body), quarantined=quarantined, error=error)
+        return Step(
+            outcome,
+            self._wait(),
+            len(payload.body),
+            quarantined=quarantined,
+            error=error,
+            events_quarantined=events_quarantined,
+        )
 
     def _redact(self, text: str) -> str:
         """Server text as it may be logged: a server may echo the Authorization header back."""

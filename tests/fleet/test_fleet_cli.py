@@ -6,15 +6,17 @@ import base64
 import http.client
 import json
 import re
+from datetime import timedelta
 
 import numpy as np
 import pytest
+from helpers.events import T0, event
 from helpers.fleet_process import add_device, fleet
 from helpers.ingest_server import TOKEN, backend
 from helpers.observations import observation, with_labels
 
 from retrofit_agent.fleet.app import CAMPAIGNS
-from retrofit_agent.fleet.store import StoredRow, open_store
+from retrofit_agent.fleet.store import StoredEvent, StoredRow, open_store
 from retrofit_agent.fleet.tokens import token_hash
 from retrofit_agent.observation import encode_embedding
 from retrofit_agent.transport.upload import BEARER_TOKEN
@@ -107,6 +109,30 @@ def test_query_observations_by_device_time_and_label(filled):
     assert query(*WINDOW, "--label", "snow") == [("cam-2", s) for s in range(2, 21, 2)]
     assert len(query(*WINDOW, "--label", "rain")) == 30
     assert query("--since", "2026-11-30T00:00:00Z", "--until", "2026-12-01T00:00:00Z") == []
+
+
+def test_query_events_by_device_time_and_label(database_url):
+    store = open_store(database_url)
+    stored = []
+    for device in ("cam-1", "cam-2"):
+        for seq, label in ((1, "rain"), (2, "snow"), (3, "rain")):
+            e = event(seq, label=label, device_id=device, start=T0 + timedelta(hours=seq))
+            stored.append(StoredEvent(device, seq, e.start_utc, e.model_dump_json()))
+    assert store.store_events("b", stored) == 6 and store.store_events("b", stored[:2]) == 0
+    store.close()
+
+    def query(*args: str) -> list[tuple[str, int]]:
+        out = fleet("query", "events", "--database", database_url, *args, check_ok=True).stdout
+        return [(e["device_id"], e["seq"]) for e in map(json.loads, out.splitlines())]
+
+    by_start = [(d, s) for s in (1, 2, 3) for d in ("cam-1", "cam-2")]
+    assert query(*WINDOW) == by_start
+    assert query(*WINDOW, "--device", "cam-2", "--label", "rain") == [("cam-2", 1), ("cam-2", 3)]
+    assert query(*WINDOW, "--limit", "1") == [("cam-1", 1)]
+    assert query("--since", "2026-11-29T14:00:00Z", "--until", "2026-11-29T15:00:00Z") == [
+        ("cam-1", 2),
+        ("cam-2", 2),
+    ]
 
 
 def test_query_nearest_neighbours_of_an_embedding(filled, tmp_path):

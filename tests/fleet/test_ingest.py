@@ -7,6 +7,7 @@ import http.client
 import json
 
 import pytest
+from helpers.events import event
 from helpers.ingest_server import DIM, EVER, TOKEN, backend
 from helpers.observations import observation
 
@@ -59,7 +60,16 @@ def test_stores_once_and_acknowledges_every_copy(server):
     status, ack = post(server.url, batch([row(1), row(2, embedding=False)]))
     assert (status, ack) == (
         200,
-        {"protocol": 1, "batch_id": "b-1", "accepted": [1, 2], "rejected": [], "duplicates": 0},
+        {
+            "protocol": 1,
+            "batch_id": "b-1",
+            "accepted": [1, 2],
+            "rejected": [],
+            "duplicates": 0,
+            "events_accepted": [],
+            "events_rejected": [],
+            "event_duplicates": 0,
+        },
     )
     status, ack = post(server.url, batch([row(2), row(3)], batch_id="b-2"))
     assert (status, ack["accepted"], ack["duplicates"]) == (200, [2, 3], 1)
@@ -80,7 +90,7 @@ def test_a_bad_row_is_rejected_alone(server):
     [
         ({"seq": 2**63}, "seq: 9223372036854775808 is not within 1..9223372036854775807"),
         ({"seq": 0}, "seq: 0 is not within"),
-        ({"schema_version": 999}, "schema_version: 999 is unknown (known: [1])"),
+        ({"schema_version": 999}, "schema_version: 999 is unknown (known: [1, 2])"),
         ({"embedding": "AAAA"}, f"embedding: 3 bytes, not {2 * DIM} ({DIM} float16)"),
         ({"device_id": "cam-2"}, "device_id: 'cam-2' is not the device of this token"),
         ({"captured_utc": "2026-11-29T12:00:00"}, "captured_utc: has no time zone"),
@@ -156,7 +166,8 @@ def test_revocation_takes_effect_at_the_next_request(server):
         (batch([]), HEADERS, OBSERVATIONS, 400, "rows"),
         (batch([row(1)], batch_id=""), HEADERS, OBSERVATIONS, 400, "batch_id"),
         (batch([row(1)], extra=True), HEADERS, OBSERVATIONS, 400, "extra"),
-        (batch([row(1)], events=[]), HEADERS, OBSERVATIONS, 400, "events"),
+        (batch([row(1)], events=["an event"]), HEADERS, OBSERVATIONS, 400, "events.0"),
+        (batch([], events=[]), HEADERS, OBSERVATIONS, 400, "rows and events"),
         (batch([row(1), row(1)]), HEADERS, OBSERVATIONS, 400, "seq 1 twice"),
         (batch([{**row(1), "seq": "1"}]), HEADERS, OBSERVATIONS, 400, "no integer seq"),
         (batch(["a row"]), HEADERS, OBSERVATIONS, 400, "rows.0"),
@@ -174,3 +185,61 @@ def test_refusals_store_nothing(server, body, headers, path, status, error):
     assert (got, answer["protocol"]) == (status, 1)
     assert error in answer["error"]
     assert server.stored_keys() == []
+
+
+def event_json(number: int, **fields) -> dict:
+    return {**json.loads(event(number).model_dump_json()), **fields}
+
+
+def test_events_are_stored_once_and_acknowledged_under_their_own_seqs(server):
+    status, ack = post(server.url, batch([row(1)], events=[event_json(100), event_json(101)]))
+    assert status == 200 and ack["accepted"] == [1]
+    assert (ack["events_accepted"], ack["events_rejected"], ack["event_duplicates"]) == (
+        [100, 101],
+        [],
+        0,
+    )
+    status, ack = post(server.url, batch([], "b-2", events=[event_json(101), event_json(102)]))
+    assert (status, ack["accepted"], ack["events_accepted"], ack["event_duplicates"]) == (
+        200,
+        [],
+        [101, 102],
+        1,
+    )
+    stored = [json.loads(e) for e in server.store.events(ObservationQuery(*EVER))]
+    assert [e["seq"] for e in stored] == [100, 101, 102]
+    assert stored[0] == event_json(100)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"end_reason": None}, "an open event"),
+        ({"device_id": "cam-2"}, "device_id: 'cam-2' is not the device of this token"),
+        ({"schema_version": 2}, "schema_version: 2 is unknown (known: [1])"),
+        ({"seq": 0}, "seq: 0 is not within"),
+        ({"start_utc": "1900-01-01T00:00:00Z"}, "start_utc: 1900-01-01T00:00:00+00:00 is over"),
+        ({"frames": "many"}, "frames: Input should be a valid integer"),
+        ({"extra": 1}, "extra: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_events_are_rejected_alone(server, fields, error):
+    events = [event_json(100), event_json(101, **fields)]
+    status, ack = post(server.url, batch([row(1)], events=events))
+    assert status == 200 and (ack["accepted"], ack["events_accepted"]) == ([1], [100])
+    ((rejected,),) = [ack["events_rejected"]]
+    assert rejected["seq"] == fields.get("seq", 101) and error in rejected["error"]
+    assert [json.loads(e)["seq"] for e in server.store.events(ObservationQuery(*EVER))] == [100]
+
+
+@pytest.mark.parametrize(
+    ("events", "error"),
+    [
+        ([event_json(100), event_json(100)], "events.1: seq 100 twice in one batch"),
+        ([{**event_json(100), "seq": "100"}], "events.0: no integer seq"),
+    ],
+)
+def test_malformed_events_refuse_the_batch(server, events, error):
+    status, answer = post(server.url, batch([row(1)], events=events))
+    assert (status, answer["error"]) == (400, error)
+    assert server.stored_keys() == [] and list(server.store.events(ObservationQuery(*EVER))) == []

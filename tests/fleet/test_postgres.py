@@ -45,7 +45,8 @@ def test_partitions_ahead_on_demand_and_retention(pg_url):
         other = PostgresStore(pg_url)  # another ingest worker, or the retention job
         try:
             keep = (today.date() - OLD_DAY).days - 1  # OLD_DAY is the newest day dropped
-            assert other.retention(keep, today) == [partition_name(OLD_DAY)]
+            dropped = other.retention(keep, today)  # the day's observations and events
+            assert dropped == [partition_name(OLD_DAY), partition_name(OLD_DAY, "events")]
         finally:
             other.close()
         assert partition_name(OLD_DAY) not in store.partitions()

@@ -190,6 +190,7 @@ class FaultyServer(ThreadingHTTPServer):
         client_db: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
         refuse_seq: int | None = None,
+        refuse_events: bool = False,
     ) -> None:
         super().__init__(("127.0.0.1", 0), FaultyHandler)
         assert set(faults) <= set(FAULTS), faults
@@ -198,6 +199,7 @@ class FaultyServer(ThreadingHTTPServer):
         self.ssl_context = ssl_context
         self.faults = deque(faults)
         self.refuse_seq = refuse_seq  # every batch holding this seq is answered 400
+        self.refuse_events = refuse_events  # as a server from before label events: 400
         self.client_db = client_db
         self.requests: list[tuple[float, str]] = []  # (time.monotonic(), fault)
         self.acked: set[int] = set()
@@ -232,10 +234,10 @@ class FaultyServer(ThreadingHTTPServer):
         return fault
 
     def refuses(self, body: bytes) -> bool:
-        if self.refuse_seq is None:
-            return False
-        rows = json.loads(gzip.decompress(body))["rows"]
-        return any(row["seq"] == self.refuse_seq for row in rows)
+        batch = json.loads(gzip.decompress(body))
+        if self.refuse_events and "events" in batch:
+            return True
+        return any(row["seq"] == self.refuse_seq for row in batch["rows"])
 
     def gaps_after(self, fault: str) -> list[float]:
         """Seconds between each request that got `fault` and the next request."""
