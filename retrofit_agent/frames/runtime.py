@@ -128,21 +128,22 @@ class Runtime:
                         observation = observation.model_copy(
                             update={"reasons": list(decision.reasons)}
                         )
-                    header = observation.header_json()
                     t2 = time.perf_counter()
+                    header = observation.header_json()
+                    t3 = time.perf_counter()
                     if decision.reasons:
                         store.add(observation, header)
                         stats.record_kept(observation)
                     self._store_events(decision)
                     store.tick()
-                    t3 = time.perf_counter()
+                    t4 = time.perf_counter()
                     if publisher is not None:
                         publisher.publish(observation, header)
                         self._publish_events(decision)
-                    t4 = time.perf_counter()
+                    t5 = time.perf_counter()
                     timings["keep"] = (t2 - t1) * 1e3
-                    timings["store"] = (t3 - t2) * 1e3
-                    timings["publish"] = (t4 - t3) * 1e3
+                    timings["store"] = (t4 - t3) * 1e3
+                    timings["publish"] = (t5 - t4) * 1e3
                     stats.record(observation, timings)
                 if on_frame is not None:
                     on_frame(stats)

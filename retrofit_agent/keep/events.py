@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from retrofit_agent.event import EndReason, Event
 from retrofit_agent.observation import Observation
@@ -66,8 +67,7 @@ class Track:
         )
 
 
-@dataclass(frozen=True)
-class Changes:
+class Changes(NamedTuple):
     """What one frame did to the events: opened, closed, and best frames now to be stored."""
 
     started: list[Event]

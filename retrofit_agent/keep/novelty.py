@@ -27,29 +27,35 @@ MAX_STEP_S = 10.0  # a gap in the frames (a reopened camera) counts as at most t
 class Novelty:
     def __init__(self, config: NoveltyConfig) -> None:
         self.config = config
-        self._log_radius = math.log(config.radius)
-        self._log_min, self._log_max = math.log(config.radius_min), math.log(config.radius_max)
-        self._shrink_per_s = GAIN * config.target_per_hour / 3600.0
+        self.radius = config.radius
+        self._min, self._max = config.radius_min, config.radius_max
+        self._adaptive = config.target_per_hour > 0
+        self._grow = math.exp(GAIN)
+        self._shrink_per_s = GAIN * config.target_per_hour / 3600.0  # of the log-radius
         self._memory: np.ndarray | None = None  # [memory, D], allocated with the first frame
         self._count = 0  # embeddings written to the ring so far
         self._last_t: float | None = None
         self.novel = 0  # novel frames so far
 
-    @property
-    def radius(self) -> float:
-        return math.exp(self._log_radius)
-
     def observe(self, embedding: np.ndarray, t: float) -> bool:
         """Whether `embedding` (unit length) is novel at time `t` (seconds); adapts the radius."""
-        if self._memory is None or self._memory.shape[1] != embedding.shape[0]:
-            self._memory = np.zeros((self.config.memory, embedding.shape[0]), np.float32)
+        memory = self._memory
+        if memory is None or memory.shape[1] != embedding.shape[0]:
+            self._memory = memory = np.zeros((self.config.memory, embedding.shape[0]), np.float32)
             self._count = 0  # a reload to another embedding size forgets the old ones
-        filled = min(self._count, len(self._memory))
-        novel = filled == 0 or 1.0 - float((self._memory[:filled] @ embedding).max()) > self.radius
-        if self.config.target_per_hour:
-            step = 0.0 if self._last_t is None else min(max(t - self._last_t, 0.0), MAX_STEP_S)
-            log_radius = self._log_radius - self._shrink_per_s * step + GAIN * novel
-            self._log_radius = min(max(log_radius, self._log_min), self._log_max)
+        count = self._count
+        if count == 0:
+            novel = True
+        else:  # the steady state compares the whole ring, without a slice
+            kept = memory if count >= len(memory) else memory[:count]
+            novel = 1.0 - float(np.dot(kept, embedding).max()) > self.radius
+        if self._adaptive:
+            radius = self.radius
+            if self._last_t is not None and t > self._last_t:
+                radius *= math.exp(-self._shrink_per_s * min(t - self._last_t, MAX_STEP_S))
+            if novel:
+                radius *= self._grow
+            self.radius = min(max(radius, self._min), self._max)
         self._last_t = t
         self.novel += novel
         return novel
