@@ -115,3 +115,25 @@ def test_service_sections(tmp_path):
         load_config(write(tmp_path, '[metrics]\nlisten = "localhost"\n'), environ={})
     with pytest.raises(ConfigError, match="logging.level: Input should be"):
         load_config(write(tmp_path, '[logging]\nlevel = "LOUD"\n'), environ={})
+
+
+def test_the_keep_section_is_strict_and_nested(tmp_path):
+    text = GOOD + "\n[keep]\nmin_frames = 3\n\n[keep.novelty]\ntarget_per_hour = 0\n"
+    env = {"RETROFIT_AGENT_KEEP__NOVELTY__RADIUS": "0.2"}
+    config = load_config(write(tmp_path, text), environ=env)
+    assert (config.keep.min_frames, config.keep.end_frames) == (3, 20)
+    assert (config.keep.novelty.target_per_hour, config.keep.novelty.radius) == (0, 0.2)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("[keep]\nmin_frame = 3", r"agent\.toml: keep\.min_frame: unknown key"),
+        ("[keep]\nheartbeat_s = 0", r"keep\.heartbeat_s: Input should be greater than 0"),
+        ("[keep.novelty]\nradius = 0.001", r"keep\.novelty: Value error, radius must lie within"),
+        ("[keep.novelty]\nradius = 3", r"keep\.novelty\.radius: Input should be less than or"),
+    ],
+)
+def test_bad_keep_settings_name_the_key(tmp_path, section, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, GOOD + "\n" + section + "\n"), environ={})

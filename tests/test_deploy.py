@@ -33,7 +33,7 @@ def documented_keys(text: str) -> set[str]:
     """`key = ...` lines, commented out or not, under their [section]."""
     keys, section = set(), ""
     for line in text.splitlines():
-        if match := re.fullmatch(r"\[(\w+)\]", line.strip()):
+        if match := re.fullmatch(r"\[([\w.]+)\]", line.strip()):
             section = match[1] + "."
         elif match := re.match(r"#? ?(\w+) = ", line):
             keys.add(section + match[1])
@@ -54,10 +54,10 @@ def test_example_loads_and_shows_the_defaults():
     for key in config_keys(AgentConfig):
         if key in DEPLOYED_VALUES or key == "device_id":
             continue
-        section, _, name = key.rpartition(".")
+        *sections, name = key.split(".")
         want, got = defaults, shown
-        if section:
-            want, got = defaults[section], shown[section]
+        for section in sections:  # [keep.novelty] is a section within a section
+            want, got = want[section], got[section]
         assert got[name] == want[name], f"{key}: example {got[name]!r}, default {want[name]!r}"
 
 

@@ -2,9 +2,12 @@
 
 The defaults come from bench/keep_policy.py (bench/results/keep_policy.md): `min_frames = 5`
 is the most hysteresis that still sees every scene of models/demo.mp4 (10 FPS, 2 s scenes,
-whose labels flicker for up to 4 frames inside a scene), with at most one spurious change per
-scene; the novelty radius adapts to hold `target_per_hour`, never below `radius_min`, the
-distance under which two frames of one scene differ only by noise.
+whose labels flicker for up to 4 frames inside a scene), and the least with at most one
+spurious change per scene; `end_frames = 20` (1.3 s at 15 FPS) keeps one event per scene and
+label there and, on the road clip, cuts the events (and their best rows) of a flickering
+label by a third against 10. The novelty radius adapts to hold `target_per_hour`, never below
+`radius_min`: 40 times the largest distance measured between frames of a still scene (sensor
+noise and JPEG), so a parked car's noise, auto-exposure and vibration are not news.
 """
 
 from __future__ import annotations
@@ -39,6 +42,6 @@ class KeepConfig(StrictModel):
 
     every_frame: bool = Field(False, description="store every frame (debugging)")
     min_frames: PositiveInt = Field(5, description="a new label set, or a label, must hold")
-    end_frames: PositiveInt = Field(10, description="a label absent this long ends its event")
+    end_frames: PositiveInt = Field(20, description="a label absent this long ends its event")
     heartbeat_s: PositiveFloat = Field(60.0, description="at least one observation this often")
     novelty: NoveltyConfig = NoveltyConfig()
