@@ -1,5 +1,6 @@
 """export, labels, quantize, eval and `all` on a tiny teacher and student, end to end."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -125,11 +126,13 @@ def test_agent_labels_equal_distill_side_scoring(built, real_video, tmp_path):
         12,
         "--no-publish",
     ]
+    every_frame = {**os.environ, "RETROFIT_AGENT_KEEP__EVERY_FRAME": "true"}  # all 12 stored
     result = subprocess.run(
         [sys.executable, "-m", "retrofit_agent", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,
+        env=every_frame,
     )
     assert result.returncode == 0, result.stderr
     from retrofit_agent.store.queue import Store

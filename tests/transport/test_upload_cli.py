@@ -14,6 +14,7 @@ import pytest
 from helpers.cli import agent, error_line
 from helpers.fleet_process import FleetServer, add_device, sqlite_url
 from helpers.ingest_server import (
+    EVER,
     TOKEN,
     Backend,
     FaultyServer,
@@ -24,7 +25,9 @@ from helpers.ingest_server import (
 )
 from helpers.observations import add
 
+from retrofit_agent.event import Event
 from retrofit_agent.fleet.sqlite_store import SqliteStore
+from retrofit_agent.fleet.store import ObservationQuery
 from retrofit_agent.store.queue import Store
 
 AGENT = [sys.executable, "-m", "retrofit_agent"]
@@ -76,10 +79,22 @@ def test_upload_once_drains_a_dry_run_of_the_real_video(tiny_bundle, real_video,
         config = write_config(tmp_path, server.url, token=False, include_embeddings=True)
         result = agent("--config", config, "upload", "--once", "--db", db, check_ok=True)
     summary = json.loads(result.stdout)
-    assert summary["uploaded"] == 221 and summary["stopped"] == "empty"
-    assert summary["queue"] == {"pending": 0, "uploaded": 221, "quarantined": 0}
+    with contextlib.closing(Store(db)) as queue:  # what the keep policy kept, all uploaded
+        kept = sorted(seq for (seq,) in queue.db.execute("SELECT seq FROM observations"))
+        events = queue.events.events()
+    assert 0 < len(kept) < 221 and events
+    assert (summary["uploaded"], summary["events_uploaded"]) == (len(kept), len(events))
+    assert summary["stopped"] == "empty"
+    assert summary["queue"] == {
+        "pending": 0,
+        "uploaded": len(kept),
+        "quarantined": 0,
+        "events": {"open": 0, "pending": 0, "uploaded": len(events), "quarantined": 0},
+    }
     with contextlib.closing(SqliteStore(tmp_path / "ingest.db")) as received:
-        assert [seq for _, seq in stored_keys(received)] == list(range(1, 222))
+        assert [seq for _, seq in stored_keys(received)] == kept
+        stored = [Event.model_validate_json(e) for e in received.events(ObservationQuery(*EVER))]
+    assert sorted(stored, key=lambda e: e.seq) == events
 
 
 def test_killed_mid_batch_then_restarted_loses_nothing(database, tmp_path):
