@@ -1,6 +1,10 @@
 """The change rule on hand-made label sequences: flicker is not a change, a held change is."""
 
+import pytest
+
 from retrofit_agent.keep.change import ChangeRule
+
+pytestmark = pytest.mark.device  # the policy runs on the camera
 
 A = frozenset({("weather", "clear"), ("road_users", "car")})
 B = frozenset({("weather", "rain"), ("road_users", "car")})

@@ -8,6 +8,8 @@ from helpers.observations import frame
 
 from retrofit_agent.keep.events import EventTracker
 
+pytestmark = pytest.mark.device  # the policy runs on the camera
+
 CAR = ("road_users", "car")
 RAIN = ("weather", "rain")
 

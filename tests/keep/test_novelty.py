@@ -7,6 +7,8 @@ import pytest
 from retrofit_agent.keep.config import NoveltyConfig
 from retrofit_agent.keep.novelty import Novelty
 
+pytestmark = pytest.mark.device  # the policy runs on the camera
+
 DIM = 16
 
 

@@ -4,10 +4,13 @@ best frames of ended events coming back to be stored."""
 import itertools
 
 import numpy as np
+import pytest
 from helpers.observations import frame
 
 from retrofit_agent.keep.config import KeepConfig
 from retrofit_agent.keep.policy import KeepPolicy
+
+pytestmark = pytest.mark.device  # the policy runs on the camera
 
 CAR = ("road_users", "car")
 

@@ -12,6 +12,8 @@ from helpers.observations import add
 from retrofit_agent.event import Event
 from retrofit_agent.store.queue import QUARANTINED, UPLOADED, Store
 
+pytestmark = pytest.mark.device
+
 
 def states(path) -> dict[int, str]:
     with contextlib.closing(sqlite3.connect(path)) as db:

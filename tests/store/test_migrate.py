@@ -27,6 +27,8 @@ from retrofit_agent.store.budget import UploadBudget
 from retrofit_agent.store.database import SCHEMA_VERSION, TABLES, Meta, connect
 from retrofit_agent.store.queue import Store
 
+pytestmark = pytest.mark.device  # the camera migrates its own queue
+
 FIXTURE = Path(__file__).parent / "fixtures" / "queue-schema1.db"
 
 
