@@ -51,6 +51,7 @@ class RunStats:
     frames: int = 0
     dropped: int = 0
     skipped: int = 0  # frames that got no sequence number: the disk was full
+    degenerate: int = 0  # frames whose embedding was zero or not finite: nothing to score
     interrupted: bool = False
     wall_s: float = 0.0
     label_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -77,6 +78,7 @@ class RunStats:
             "frames": self.frames,
             "dropped": self.dropped,
             "skipped": self.skipped,
+            "degenerate": self.degenerate,
             "wall_s": self.wall_s,
             "interrupted": self.interrupted,
             "fps": self.frames / self.wall_s if self.wall_s else 0.0,

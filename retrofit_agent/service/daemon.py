@@ -211,6 +211,7 @@ class Service:
                     dropped=v.frames_dropped_total,
                     corrupt=v.frames_corrupt_total,
                     skipped=v.frames_skipped_total,
+                    degenerate=v.frames_degenerate_total,
                     reconnects=v.camera_reconnects_total,
                     queue_rows=v.queue_rows,
                     queue_bytes=v.queue_bytes,
