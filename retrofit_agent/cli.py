@@ -1,7 +1,8 @@
 """The `retrofit-agent` command line (contract 4, docs/contracts/command-line.md).
 
 Every expected failure is one line on stderr, `retrofit-agent: error: ...`, and the error's
-sysexits-style code (see retrofit_agent.errors). Resources are opened in the order bundle,
+sysexits-style code (see retrofit_agent.errors); native libraries' own chatter on stderr is
+kept apart from those lines (common.stderr). Resources are opened in the order bundle,
 source, database, socket, so bad input fails before anything is written.
 """
 
@@ -18,8 +19,8 @@ from typing import Any
 
 from retrofit_agent import __version__
 from retrofit_agent.bundle.sections import NoTeacher
-from retrofit_agent.common import logs
-from retrofit_agent.config import CaptureConfig, load_config
+from retrofit_agent.common import logs, stderr
+from retrofit_agent.config import load_config
 from retrofit_agent.errors import RetrofitError
 from retrofit_agent.frames.runtime import Runtime
 from retrofit_agent.frames.stats import RunStats
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stderr.separate()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command and args.dry_run:
@@ -117,10 +119,14 @@ def dry_run(args: argparse.Namespace) -> int:
                 "store.path": args.db or tmp / "observations.db",
                 "publish.endpoint": args.publish,
                 "publish.enabled": False if args.no_publish else None,
+                # the config's [capture] (its max_pixels) with VIDEO as the source, played once
+                "capture.source": str(args.dry_run),
+                "capture.realtime": args.realtime,
+                "capture.loop": False,
             },
         )
-        capture = CaptureConfig(source=str(args.dry_run), realtime=args.realtime)
-        runtime = stack.enter_context(Runtime(config, capture))
+        assert config.capture is not None
+        runtime = stack.enter_context(Runtime(config, config.capture))
         pipeline = runtime.pipeline
         if isinstance(pipeline.bundle.manifest.teacher, NoTeacher):
             print(

@@ -5,7 +5,8 @@ native rate) keeps only the newest frame: a slow pipeline drops frames, it never
 backlog. A file read as fast as possible delivers every frame through a small bounded queue.
 The ways a source stops are distinct: a clean end (iteration stops), an unreadable input
 (SourceError at open), a truncated file (SourceTruncated) and a vanished or stalled camera
-(DeviceLost); a stall is detected by timeout, never waited on forever.
+(DeviceLost); a stall is detected by timeout, never waited on forever. Frames too large for
+memory are refused before they are decoded (frames.images).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from retrofit_agent.config import DEFAULT_MAX_PIXELS
 from retrofit_agent.errors import DeviceLost, SourceError, SourceTruncated
+from retrofit_agent.frames.images import check_frame_size, read_image
 
 # FFmpeg and OpenCV print decoder chatter on stderr; the agent reports errors itself.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -229,10 +232,20 @@ class VideoFileSource(FrameSource):
         realtime: bool = False,
         loop: bool = False,
         prepare: Prepare | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.name = str(path)
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
-        ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
+        try:
+            if self._capture.isOpened():  # the stream's size is known before a frame decodes
+                width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+                height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                if width > 0 and height > 0:
+                    check_frame_size(path, width, height, max_pixels)
+            ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
+        except BaseException:
+            self._capture.release()
+            raise
         if not ok:
             self._capture.release()
             raise SourceError(f"{path}: not a readable video (no decodable frame)")
@@ -266,7 +279,9 @@ class VideoFileSource(FrameSource):
 class ImageFolderSource(FrameSource):
     """Every image in a folder, in name order; an unreadable image is an error naming it."""
 
-    def __init__(self, path: Path, prepare: Prepare | None = None) -> None:
+    def __init__(
+        self, path: Path, prepare: Prepare | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.name = str(path)
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -275,13 +290,7 @@ class ImageFolderSource(FrameSource):
         pending = deque(files)
 
         def read(_spare: np.ndarray | None) -> np.ndarray | None:
-            if not pending:
-                return None
-            file = pending.popleft()
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-            if image is None:
-                raise SourceError(f"{file}: not a readable image")
-            return image
+            return read_image(pending.popleft(), max_pixels) if pending else None
 
         self._reader = FrameReader(read, keep_all=True, prepare=prepare)
 
@@ -349,10 +358,12 @@ def open_source(
     stall_timeout_s: float = 5.0,
     loop: bool = False,
     prepare: Prepare | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FrameSource:
     """Pick the source type: a device index or /dev/video*, a folder, else a video file.
 
     `prepare` (e.g. Preprocessor.prepare) makes each frame's model input on the reader thread.
+    Frames of more than `max_pixels` are refused before they are decoded.
     """
     if isinstance(source, int) or str(source).isdigit() or str(source).startswith("/dev/video"):
         device = int(source) if str(source).isdigit() else str(source)
@@ -361,5 +372,5 @@ def open_source(
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     if path.is_dir():
-        return ImageFolderSource(path, prepare)
-    return VideoFileSource(path, realtime, loop, prepare)
+        return ImageFolderSource(path, prepare, max_pixels)
+    return VideoFileSource(path, realtime, loop, prepare, max_pixels)

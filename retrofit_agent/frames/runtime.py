@@ -31,7 +31,15 @@ def open_frames(capture: CaptureConfig, prepare: Prepare | None = None) -> Frame
     """The frames `capture` describes; `prepare` makes each one's model input on the reader."""
     c = capture
     return open_source(
-        c.source, c.realtime, c.width, c.height, c.fps, c.stall_timeout_s, c.loop, prepare
+        c.source,
+        c.realtime,
+        c.width,
+        c.height,
+        c.fps,
+        c.stall_timeout_s,
+        c.loop,
+        prepare,
+        c.max_pixels,
     )
 
 

@@ -62,6 +62,13 @@ def test_truncated_video_is_its_own_error(truncated_video):
     source.close()
 
 
+def test_a_video_whose_frames_are_too_large_is_refused_before_decoding(synthetic_video):
+    with pytest.raises(SourceError, match=r"320x240 is 76800 pixels, more than capture"):
+        open_source(synthetic_video, max_pixels=76799)
+    with open_source(synthetic_video, max_pixels=76800) as source:
+        assert len(list(source)) == 40
+
+
 def test_unreadable_inputs(not_a_video, tmp_path):
     with pytest.raises(SourceError, match=r"notes\.mp4: not a readable video"):
         open_source(not_a_video)
