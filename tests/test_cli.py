@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -161,3 +162,16 @@ def test_queue_stats_on_missing_database(tmp_path):
 def test_usage_errors():
     assert agent().returncode == 2
     assert agent("--dry-run", "x.mp4", "--max-frames", "0").returncode == 2
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("what", ["video", "config"])
+def test_a_fifo_as_input_is_refused_not_waited_on(tiny_bundle, synthetic_video, tmp_path, what):
+    """A FIFO as the video (or the config) blocked the dry run forever."""
+    fifo = tmp_path / "input"
+    os.mkfifo(fifo)
+    video, config, code = (fifo, None, 66) if what == "video" else (synthetic_video, fifo, 78)
+    args = ["--dry-run", video, "--model", tiny_bundle, "--no-publish"]
+    result = agent(*args, *(["--config", config] if config else []), timeout=30)
+    assert result.returncode == code
+    assert f"{fifo}: " in error_line(result) and "named pipe (FIFO)" in error_line(result)

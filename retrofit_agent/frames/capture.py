@@ -6,12 +6,14 @@ backlog. A file read as fast as possible delivers every frame through a small bo
 The ways a source stops are distinct: a clean end (iteration stops), an unreadable input
 (SourceError at open), a truncated file (SourceTruncated) and a vanished or stalled camera
 (DeviceLost); a stall is detected by timeout, never waited on forever. Frames too large for
-memory are refused before they are decoded (frames.images).
+memory are refused before they are decoded (frames.images), and an input that is neither a
+regular file, a folder nor a camera (a FIFO would block the open forever) is refused at once.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -24,6 +26,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from retrofit_agent.common.files import file_kind
 from retrofit_agent.config import DEFAULT_MAX_PIXELS
 from retrofit_agent.errors import DeviceLost, SourceError, SourceTruncated
 from retrofit_agent.frames.images import check_frame_size, read_image
@@ -360,7 +363,8 @@ def open_source(
     prepare: Prepare | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FrameSource:
-    """Pick the source type: a device index or /dev/video*, a folder, else a video file.
+    """Pick the source type: a device index, /dev/video* or another character device, a
+    folder, a regular file (a video); anything else is refused without opening it.
 
     `prepare` (e.g. Preprocessor.prepare) makes each frame's model input on the reader thread.
     Frames of more than `max_pixels` are refused before they are decoded.
@@ -369,8 +373,16 @@ def open_source(
         device = int(source) if str(source).isdigit() else str(source)
         return open_camera(device, width, height, fps, stall_timeout_s, prepare)
     path = Path(source)
-    if not path.exists():
-        raise SourceError(f"{path}: no such file or directory")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot open: {exc.strerror}") from None
+    if stat.S_ISCHR(mode):  # a camera's node by another name (/dev/v4l/by-id/...)
+        return open_camera(str(path), width, height, fps, stall_timeout_s, prepare)
+    if stat.S_ISDIR(mode):
         return ImageFolderSource(path, prepare, max_pixels)
+    if not stat.S_ISREG(mode):
+        raise SourceError(f"{path}: {file_kind(mode)}, not a video file, a folder or a camera")
     return VideoFileSource(path, realtime, loop, prepare, max_pixels)

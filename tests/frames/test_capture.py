@@ -1,3 +1,4 @@
+import os
 import threading
 import time
 
@@ -60,6 +61,22 @@ def test_truncated_video_is_its_own_error(truncated_video):
         for _ in source:
             pass
     source.close()
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
+    """Opening a FIFO blocks until a writer comes: as the video, the dry run hung forever."""
+    fifo = tmp_path / "camera.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match=r"camera\.mp4: a named pipe \(FIFO\), not a video"):
+        open_source(fifo)
+    images = tmp_path / "images"
+    images.mkdir()
+    os.mkfifo(images / "frame.png")
+    with (
+        open_source(images) as source,
+        pytest.raises(SourceError, match=r"frame\.png: image is a named pipe \(FIFO\)"),
+    ):
+        list(source)
 
 
 def test_a_video_whose_frames_are_too_large_is_refused_before_decoding(synthetic_video):
