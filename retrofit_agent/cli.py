@@ -27,6 +27,10 @@ from retrofit_agent.frames.stats import RunStats
 from retrofit_agent.store.queue import open_store
 
 INTERRUPTED = 130
+USAGE = (
+    "usage: retrofit-agent {--dry-run VIDEO | queue | upload | run | bench} [options] "
+    "(--help for all of them)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except RetrofitError as exc:
         print(f"retrofit-agent: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    parser.print_help(sys.stderr)
+    print(USAGE, file=sys.stderr)
     return 2
 
 
@@ -224,19 +228,28 @@ class Progress:
 
 def format_summary(summary: dict[str, Any]) -> str:
     model = summary["model"]
+    skipped = [
+        f", {summary['skipped']} skipped (disk full)" if summary["skipped"] else "",
+        f", {summary['degenerate']} skipped (degenerate embedding)"
+        if summary["degenerate"]
+        else "",
+    ]
+    ended = " (interrupted)" if summary["interrupted"] else ""
     lines = [
         f"model    {model['name']} (manifest {model['manifest_sha256'][:12]})",
         f"source   {summary['source']}",
         f"database {summary['database'] or '(temporary)'}: {summary['stored_rows']} rows",
-        f"frames   {summary['frames']} processed, {summary['dropped']} dropped "
-        f"in {summary['wall_s']:.2f} s: {summary['fps']:.1f} FPS"
-        + (" (interrupted)" if summary["interrupted"] else ""),
+        f"frames   {summary['frames']} processed, {summary['dropped']} dropped{''.join(skipped)} "
+        f"in {summary['wall_s']:.2f} s: {summary['fps']:.1f} FPS{ended}",
         "",
-        f"{'stage':<12}{'p50 ms':>10}{'p90 ms':>10}",
+        f"{'stage':<22}{'p50 ms':>10}{'p90 ms':>10}",
     ]
     for stage, p in summary["latency_ms"].items():
-        lines.append(f"{stage:<12}{p['p50']:>10.2f}{p['p90']:>10.2f}")
+        name = "total (excl. capture)" if stage == "total" else stage
+        lines.append(f"{name:<22}{p['p50']:>10.2f}{p['p90']:>10.2f}")
+    # "(" sorts before letters and digits: each group's frames without a label come first
+    rows = {**summary["labels"], **{f"{g}/(no label)": n for g, n in summary["no_label"].items()}}
     lines += ["", f"{'label':<40}{'frames':>8}"]
-    for label, count in summary["labels"].items():
+    for label, count in sorted(rows.items()):
         lines.append(f"{label:<40}{count:>8}")
     return "\n".join(lines)
