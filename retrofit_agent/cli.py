@@ -3,7 +3,8 @@
 Every expected failure is one line on stderr, `retrofit-agent: error: ...`, and the error's
 sysexits-style code (see retrofit_agent.errors); native libraries' own chatter on stderr is
 kept apart from those lines (common.stderr). Resources are opened in the order bundle,
-source, database, socket, so bad input fails before anything is written.
+source, database, socket, so bad input fails before anything is written. A source that fails
+part-way (a truncated video) still gets the dry run's summary of the frames it delivered.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from retrofit_agent import __version__
 from retrofit_agent.bundle.sections import NoTeacher
 from retrofit_agent.common import logs, stderr
 from retrofit_agent.config import load_config
-from retrofit_agent.errors import RetrofitError
+from retrofit_agent.errors import RetrofitError, SourceError
 from retrofit_agent.frames.runtime import Runtime
 from retrofit_agent.frames.stats import RunStats
 from retrofit_agent.store.queue import open_store
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dry_run(args: argparse.Namespace) -> int:
+    failure: SourceError | None = None
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retrofit-dry-run-")))
         config = load_config(
@@ -139,7 +141,10 @@ def dry_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         progress = Progress(runtime.source.total)
-        stats = runtime.run(args.max_frames, progress)
+        try:
+            stats = runtime.run(args.max_frames, progress)
+        except SourceError as exc:  # truncated, or a bad image in a folder: report what was done
+            failure, stats = exc, runtime.stats
         progress.done()
         summary = {
             "model": pipeline.model_ref.model_dump(),
@@ -147,8 +152,11 @@ def dry_run(args: argparse.Namespace) -> int:
             "database": str(args.db) if args.db else None,
             "stored_rows": runtime.store.stats()["rows"],
             **stats.summary(),
+            "error": str(failure) if failure else None,
         }
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if failure is not None:
+        raise failure
     return INTERRUPTED if stats.interrupted else 0
 
 
@@ -235,6 +243,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         else "",
     ]
     ended = " (interrupted)" if summary["interrupted"] else ""
+    ended += " (stopped by the error below)" if summary["error"] else ""
     lines = [
         f"model    {model['name']} (manifest {model['manifest_sha256'][:12]})",
         f"source   {summary['source']}",

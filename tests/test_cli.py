@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.avi import with_repeats, write_avi
 from helpers.cli import agent, error_line
 from helpers.manifests import rewrite_manifest
 
@@ -102,6 +103,18 @@ def test_truncated_video_keeps_only_whole_rows(tiny_bundle, truncated_video, tmp
         rows = conn.execute("SELECT seq, length(embedding) FROM observations").fetchall()
     assert [seq for seq, _ in rows] == list(range(1, int(decoded[1]) + 1))
     assert {size for _, size in rows} == {32 * 2}
+    # the summary of the frames it did process, before the error
+    assert f"frames   {decoded[1]} processed" in result.stdout
+    assert f"database {db}: {decoded[1]} rows" in result.stdout
+
+
+@pytest.mark.device
+def test_a_complete_video_with_zero_length_repeat_entries_is_not_truncated(tiny_bundle, tmp_path):
+    """Was exit 66, "video ends after 74 of 444 frames": the container counts the zero-length
+    "repeat previous frame" entries, the decoder delivers the real frames."""
+    video = write_avi(tmp_path / "repeats.avi", with_repeats(444, every=6))
+    result = agent("--dry-run", video, "--model", tiny_bundle, "--no-publish", check_ok=True)
+    assert "frames   74 processed" in result.stdout
 
 
 @pytest.mark.device

@@ -5,9 +5,12 @@ native rate) keeps only the newest frame: a slow pipeline drops frames, it never
 backlog. A file read as fast as possible delivers every frame through a small bounded queue.
 The ways a source stops are distinct: a clean end (iteration stops), an unreadable input
 (SourceError at open), a truncated file (SourceTruncated) and a vanished or stalled camera
-(DeviceLost); a stall is detected by timeout, never waited on forever. Frames too large for
-memory are refused before they are decoded (frames.images), and an input that is neither a
-regular file, a folder nor a camera (a FIFO would block the open forever) is refused at once.
+(DeviceLost); a stall is detected by timeout, never waited on forever. A file is truncated when
+it ends inside its container's declared structure (frames.container), not when it delivers
+fewer frames than the container counts: zero-length "repeat" entries count but decode to
+nothing. Frames too large for memory are refused before they are decoded (frames.images), and
+an input that is neither a regular file, a folder nor a camera (a FIFO would block the open
+forever) is refused at once.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from retrofit_agent.common.files import file_kind
 from retrofit_agent.config import DEFAULT_MAX_PIXELS
 from retrofit_agent.errors import DeviceLost, SourceError, SourceTruncated
+from retrofit_agent.frames import container
 from retrofit_agent.frames.images import check_frame_size, read_image
 
 # FFmpeg and OpenCV print decoder chatter on stderr; the agent reports errors itself.
@@ -37,8 +41,6 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PREFETCH = 1  # frames decoded ahead of inference when every frame is wanted
-# A container's frame count can be an estimate; fewer frames than this share of it is truncation.
-TRUNCATION_SHARE = 0.98
 
 
 def is_corrupt(image: object) -> bool:
@@ -238,6 +240,7 @@ class VideoFileSource(FrameSource):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.name = str(path)
+        self._path = path
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         try:
             if self._capture.isOpened():  # the stream's size is known before a frame decodes
@@ -272,10 +275,10 @@ class VideoFileSource(FrameSource):
 
     def _finish(self) -> None:
         read = self._reader.read_count
-        if self.total and read < TRUNCATION_SHARE * self.total:
+        if self.total and read < self.total and container.truncated(self._path):
             raise SourceTruncated(
                 f"{self.name}: video ends after {read} of {self.total} frames "
-                "(truncated or corrupt)"
+                "(the file is shorter than its container says: truncated)"
             )
 
 
