@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import numpy as np
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from retrofit_agent.common.strict import StrictModel
 
@@ -21,7 +21,7 @@ EMBEDDING_DTYPE = np.float16
 class LabelScore(StrictModel):
     group: str
     label: str
-    score: float
+    score: float = Field(allow_inf_nan=False)  # JSON has no NaN: it would be stored as null
 
 
 class ModelRef(StrictModel):

@@ -13,9 +13,11 @@ import contextlib
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from retrofit_agent.config import AgentConfig, CaptureConfig
 from retrofit_agent.errors import StoreFull
-from retrofit_agent.frames.capture import FrameSource, Prepare, open_source
+from retrofit_agent.frames.capture import Frame, FrameSource, Prepare, open_source
 from retrofit_agent.frames.pipeline import Pipeline
 from retrofit_agent.frames.stats import RunStats
 from retrofit_agent.store.queue import Store, open_store
@@ -29,7 +31,15 @@ def open_frames(capture: CaptureConfig, prepare: Prepare | None = None) -> Frame
     """The frames `capture` describes; `prepare` makes each one's model input on the reader."""
     c = capture
     return open_source(
-        c.source, c.realtime, c.width, c.height, c.fps, c.stall_timeout_s, c.loop, prepare
+        c.source,
+        c.realtime,
+        c.width,
+        c.height,
+        c.fps,
+        c.stall_timeout_s,
+        c.loop,
+        prepare,
+        c.max_pixels,
     )
 
 
@@ -76,13 +86,7 @@ class Runtime:
 
         `self.stats` is updated in place, so a caller can read it while the run goes on.
         """
-        stats, pipeline, source, store, publisher = (
-            self.stats,
-            self.pipeline,
-            self.source,
-            self.store,
-            self.publisher,
-        )
+        stats, pipeline, source = self.stats, self.pipeline, self.source
         started = time.perf_counter()
         frames = iter(source)
         try:
@@ -92,31 +96,39 @@ class Runtime:
                 if frame is None:
                     break
                 timings = {"capture": (time.perf_counter() - t0) * 1e3}
-                try:
-                    seq = store.allocate_seq()
-                except StoreFull:
-                    stats.skipped += 1  # no seq reserved on disk: it can be neither kept nor sent
+                embedding = pipeline.embed(frame, timings)
+                if embedding is None:
+                    stats.degenerate += 1  # its scores would be NaN: nothing to keep or send
                 else:
-                    observation = pipeline.observe(frame, source.name, seq, timings)
-                    header = observation.header_json()
-                    t1 = time.perf_counter()
-                    store.add(observation, header)
-                    t2 = time.perf_counter()
-                    if publisher is not None:
-                        publisher.publish(observation, header)
-                    t3 = time.perf_counter()
-                    timings["store"] = (t2 - t1) * 1e3
-                    timings["publish"] = (t3 - t2) * 1e3
-                    stats.record(observation, timings)
+                    self._keep(frame, embedding, timings)
                 if on_frame is not None:
                     on_frame(stats)
         except KeyboardInterrupt:
             stats.interrupted = True  # Ctrl-C: keep what was done and report it
         finally:
-            store.flush()
+            self.store.flush()
             stats.wall_s = time.perf_counter() - started
             stats.dropped = source.dropped
         return stats
+
+    def _keep(self, frame: Frame, embedding: np.ndarray, timings: dict[str, float]) -> None:
+        """Store and publish the observation of `frame` under a newly reserved seq."""
+        try:
+            seq = self.store.allocate_seq()
+        except StoreFull:
+            self.stats.skipped += 1  # no seq reserved on disk: it can be neither kept nor sent
+            return
+        observation = self.pipeline.observe(frame, embedding, self.source.name, seq, timings)
+        header = observation.header_json()
+        t1 = time.perf_counter()
+        self.store.add(observation, header)
+        t2 = time.perf_counter()
+        if self.publisher is not None:
+            self.publisher.publish(observation, header)
+        t3 = time.perf_counter()
+        timings["store"] = (t2 - t1) * 1e3
+        timings["publish"] = (t3 - t2) * 1e3
+        self.stats.record(observation, timings)
 
     def close(self) -> None:
         self._closing.close()

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 
 AGENT = [sys.executable, "-m", "retrofit_agent"]
 
 
-def agent(*args, check_ok=False) -> subprocess.CompletedProcess:
-    result = subprocess.run([*AGENT, *map(str, args)], capture_output=True, text=True, timeout=120)
+def agent(
+    *args, check_ok=False, timeout: float = 120, memory_limit: int | None = None
+) -> subprocess.CompletedProcess:
+    """Run the command line; `memory_limit` (bytes of address space) makes a run that would
+    allocate without bound fail in the child instead of exhausting the machine."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    result = subprocess.run(
+        [*AGENT, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit if memory_limit else None,
+    )
     if check_ok:
         assert result.returncode == 0, result.stderr
     return result
