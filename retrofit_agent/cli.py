@@ -1,8 +1,10 @@
 """The `retrofit-agent` command line (contract 4, docs/contracts/command-line.md).
 
 Every expected failure is one line on stderr, `retrofit-agent: error: ...`, and the error's
-sysexits-style code (see retrofit_agent.errors). Resources are opened in the order bundle,
-source, database, socket, so bad input fails before anything is written.
+sysexits-style code (see retrofit_agent.errors); native libraries' own chatter on stderr is
+kept apart from those lines (common.stderr). Resources are opened in the order bundle,
+source, database, socket, so bad input fails before anything is written. A source that fails
+part-way (a truncated video) still gets the dry run's summary of the frames it delivered.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from typing import Any
 
 from retrofit_agent import __version__
 from retrofit_agent.bundle.sections import NoTeacher
-from retrofit_agent.common import logs
-from retrofit_agent.config import CaptureConfig, load_config
-from retrofit_agent.errors import RetrofitError
+from retrofit_agent.common import logs, stderr
+from retrofit_agent.config import load_config
+from retrofit_agent.errors import RetrofitError, SourceError
 from retrofit_agent.frames.runtime import Runtime
 from retrofit_agent.frames.stats import RunStats
 from retrofit_agent.store.queue import open_store
 
 INTERRUPTED = 130
+USAGE = (
+    "usage: retrofit-agent {--dry-run VIDEO | queue | upload | run | bench} [options] "
+    "(--help for all of them)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stderr.separate()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command and args.dry_run:
@@ -102,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     except RetrofitError as exc:
         print(f"retrofit-agent: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    parser.print_help(sys.stderr)
+    print(USAGE, file=sys.stderr)
     return 2
 
 
 def dry_run(args: argparse.Namespace) -> int:
+    failure: SourceError | None = None
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retrofit-dry-run-")))
         config = load_config(
@@ -117,10 +125,14 @@ def dry_run(args: argparse.Namespace) -> int:
                 "store.path": args.db or tmp / "observations.db",
                 "publish.endpoint": args.publish,
                 "publish.enabled": False if args.no_publish else None,
+                # the config's [capture] (its max_pixels) with VIDEO as the source, played once
+                "capture.source": str(args.dry_run),
+                "capture.realtime": args.realtime,
+                "capture.loop": False,
             },
         )
-        capture = CaptureConfig(source=str(args.dry_run), realtime=args.realtime)
-        runtime = stack.enter_context(Runtime(config, capture))
+        assert config.capture is not None
+        runtime = stack.enter_context(Runtime(config, config.capture))
         pipeline = runtime.pipeline
         if isinstance(pipeline.bundle.manifest.teacher, NoTeacher):
             print(
@@ -129,7 +141,10 @@ def dry_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         progress = Progress(runtime.source.total)
-        stats = runtime.run(args.max_frames, progress)
+        try:
+            stats = runtime.run(args.max_frames, progress)
+        except SourceError as exc:  # truncated, or a bad image in a folder: report what was done
+            failure, stats = exc, runtime.stats
         progress.done()
         summary = {
             "model": pipeline.model_ref.model_dump(),
@@ -137,8 +152,11 @@ def dry_run(args: argparse.Namespace) -> int:
             "database": str(args.db) if args.db else None,
             "stored_rows": runtime.store.stats()["rows"],
             **stats.summary(),
+            "error": str(failure) if failure else None,
         }
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if failure is not None:
+        raise failure
     return INTERRUPTED if stats.interrupted else 0
 
 
@@ -223,22 +241,32 @@ def format_summary(summary: dict[str, Any]) -> str:
     model = summary["model"]
     kept, events = summary["kept"], summary["events"]
     reasons = ", ".join(f"{reason} {n}" for reason, n in kept["by_reason"].items())
-    ended = ", ".join(f"{reason} {n}" for reason, n in events["ended"].items())
+    closed = ", ".join(f"{reason} {n}" for reason, n in events["ended"].items())
+    skipped = [
+        f", {summary['skipped']} skipped (disk full)" if summary["skipped"] else "",
+        f", {summary['degenerate']} skipped (degenerate embedding)"
+        if summary["degenerate"]
+        else "",
+    ]
+    ended = " (interrupted)" if summary["interrupted"] else ""
+    ended += " (stopped by the error below)" if summary["error"] else ""
     lines = [
         f"model    {model['name']} (manifest {model['manifest_sha256'][:12]})",
         f"source   {summary['source']}",
         f"database {summary['database'] or '(temporary)'}: {summary['stored_rows']} rows",
-        f"frames   {summary['frames']} processed, {summary['dropped']} dropped "
-        f"in {summary['wall_s']:.2f} s: {summary['fps']:.1f} FPS"
-        + (" (interrupted)" if summary["interrupted"] else ""),
+        f"frames   {summary['frames']} processed, {summary['dropped']} dropped{''.join(skipped)} "
+        f"in {summary['wall_s']:.2f} s: {summary['fps']:.1f} FPS{ended}",
         f"kept     {kept['observations']} observations" + (f": {reasons}" if reasons else ""),
-        f"events   {events['started']} started" + (f", ended: {ended}" if ended else ""),
+        f"events   {events['started']} started" + (f", ended: {closed}" if closed else ""),
         "",
-        f"{'stage':<12}{'p50 ms':>10}{'p90 ms':>10}",
+        f"{'stage':<22}{'p50 ms':>10}{'p90 ms':>10}",
     ]
     for stage, p in summary["latency_ms"].items():
-        lines.append(f"{stage:<12}{p['p50']:>10.2f}{p['p90']:>10.2f}")
+        name = "total (excl. capture)" if stage == "total" else stage
+        lines.append(f"{name:<22}{p['p50']:>10.2f}{p['p90']:>10.2f}")
+    # "(" sorts before letters and digits: each group's frames without a label come first
+    rows = {**summary["labels"], **{f"{g}/(no label)": n for g, n in summary["no_label"].items()}}
     lines += ["", f"{'label':<40}{'frames':>8}{'events':>8}"]
-    for label, count in summary["labels"].items():
+    for label, count in sorted(rows.items()):
         lines.append(f"{label:<40}{count:>8}{events['by_label'].get(label, 0):>8}")
     return "\n".join(lines)

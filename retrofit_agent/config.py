@@ -29,6 +29,7 @@ from retrofit_agent.common.strict import StrictModel
 from retrofit_agent.keep.config import KeepConfig
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+DEFAULT_MAX_PIXELS = 1 << 25  # 33.5 million: an 8K UHD frame (7680x4320) fits
 
 
 class CaptureConfig(StrictModel):
@@ -41,6 +42,12 @@ class CaptureConfig(StrictModel):
     realtime: bool = Field(False, description="video files: pace at the native frame rate")
     stall_timeout_s: PositiveFloat = Field(5.0, description="no new frame for this long: lost")
     loop: bool = Field(False, description="video files: start again at the end (a stand-in camera)")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        le=1 << 30,  # OpenCV's own limit
+        description="a frame or image with more pixels is refused before it is decoded",
+    )
 
 
 class ServiceConfig(StrictModel):

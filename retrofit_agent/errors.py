@@ -4,6 +4,8 @@ Distinct exit codes let systemd tell a bad configuration (do not restart) from a
 fault (restart), see `RestartPreventExitStatus=` in the unit file.
 """
 
+import json
+
 
 class RetrofitError(Exception):
     """An expected failure with a message fit for one log line."""
@@ -63,5 +65,16 @@ class UploadRefused(UploadError):
 
 def one_line(exc: BaseException, limit: int = 240) -> str:
     """A third-party exception's text collapsed onto one line, for our one-line errors."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    return shorten(" ".join(str(exc).split()) or type(exc).__name__, limit)
+
+
+def printable(text: object) -> str:
+    """`text` as it is if it is a non-empty printable line, else JSON-quoted: a key or a name
+    from a hostile file ("\n", "") cannot break an error onto two lines or vanish from it."""
+    text = str(text)
+    return text if text and text.isprintable() else json.dumps(text)
+
+
+def shorten(text: str, limit: int = 240) -> str:
+    """`text` cut to `limit` characters (an error quotes a value, not all of a long input)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

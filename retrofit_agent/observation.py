@@ -29,7 +29,7 @@ Reason = Literal["change", "heartbeat", "novel", "best", "every_frame"]
 class LabelScore(StrictModel):
     group: str
     label: str
-    score: float
+    score: float = Field(allow_inf_nan=False)  # JSON has no NaN: it would be stored as null
 
 
 class ModelRef(StrictModel):

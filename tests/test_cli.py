@@ -1,13 +1,16 @@
 import json
+import os
 import re
 import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.avi import with_repeats, write_avi
 from helpers.cli import agent, error_line
 from helpers.manifests import rewrite_manifest
 
@@ -105,11 +108,10 @@ def test_not_a_video(tiny_bundle, not_a_video, tmp_path):
 
 @pytest.mark.device
 def test_truncated_video_keeps_only_whole_rows(tiny_bundle, truncated_video, tmp_path):
-    db, config = tmp_path / "obs.db", tmp_path / "every-frame.toml"
-    config.write_text("[keep]\nevery_frame = true\n")
+    db = tmp_path / "obs.db"
     result = agent(
         "--dry-run", truncated_video, "--model", tiny_bundle, "--db", db, "--no-publish",
-        "--config", config,
+        every_frame=True,
     )  # fmt: skip
     assert result.returncode == 66
     decoded = re.search(r"truncated\.avi: video ends after (\d+) of 40 frames", error_line(result))
@@ -119,6 +121,18 @@ def test_truncated_video_keeps_only_whole_rows(tiny_bundle, truncated_video, tmp
         rows = conn.execute("SELECT header, length(embedding) FROM observations").fetchall()
     assert [json.loads(h)["frame_index"] for h, _ in rows] == list(range(int(decoded[1])))
     assert {size for _, size in rows} == {32 * 2}
+    # the summary of the frames it did process, before the error
+    assert f"frames   {decoded[1]} processed" in result.stdout
+    assert f"database {db}: {decoded[1]} rows" in result.stdout
+
+
+@pytest.mark.device
+def test_a_complete_video_with_zero_length_repeat_entries_is_not_truncated(tiny_bundle, tmp_path):
+    """Was exit 66, "video ends after 74 of 444 frames": the container counts the zero-length
+    "repeat previous frame" entries, the decoder delivers the real frames."""
+    video = write_avi(tmp_path / "repeats.avi", with_repeats(444, every=6))
+    result = agent("--dry-run", video, "--model", tiny_bundle, "--no-publish", check_ok=True)
+    assert "frames   74 processed" in result.stdout
 
 
 @pytest.mark.device
@@ -178,5 +192,80 @@ def test_queue_stats_on_missing_database(tmp_path):
 
 @pytest.mark.device
 def test_usage_errors():
-    assert agent().returncode == 2
     assert agent("--dry-run", "x.mp4", "--max-frames", "0").returncode == 2
+
+
+@pytest.mark.device
+def test_no_arguments_print_one_usage_line():
+    """Was the whole --help, 30 lines, on stderr."""
+    result = agent()
+    assert result.returncode == 2 and not result.stdout
+    assert re.fullmatch(
+        r"usage: retrofit-agent \{--dry-run VIDEO \| queue .*--help.*\n", result.stderr
+    )
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("what", ["video", "config"])
+def test_a_fifo_as_input_is_refused_not_waited_on(tiny_bundle, synthetic_video, tmp_path, what):
+    """A FIFO as the video (or the config) blocked the dry run forever."""
+    fifo = tmp_path / "input"
+    os.mkfifo(fifo)
+    video, config, code = (fifo, None, 66) if what == "video" else (synthetic_video, fifo, 78)
+    args = ["--dry-run", video, "--model", tiny_bundle, "--no-publish"]
+    result = agent(*args, *(["--config", config] if config else []), timeout=30)
+    assert result.returncode == code
+    assert f"{fifo}: " in error_line(result) and "named pipe (FIFO)" in error_line(result)
+
+
+def test_the_summary_shows_frames_without_a_label_and_what_total_is(real_video):
+    """The default bundle's `object` group is exclusive with a threshold: 31 of the road
+    clip's 221 frames have no object label, which the summary did not show (190 of 221)."""
+    result = agent("--dry-run", real_video, "--no-publish", check_ok=True)
+    counts = {
+        m[1]: int(m[2])
+        for m in re.finditer(r"^(\S+/\S+(?: label\))?) +(\d+) +\d+$", result.stdout, re.M)
+    }
+    for group in ("object", "colour", "shape"):  # exclusive: one label or none per frame
+        assert sum(n for k, n in counts.items() if k.startswith(group + "/")) == 221, counts
+    assert counts["object/(no label)"] > 0
+    assert re.search(r"^total \(excl\. capture\) +[\d.]+ +[\d.]+$", result.stdout, re.M)
+
+
+@pytest.mark.device
+def test_queue_vacuum_reports_the_real_change_of_the_file(tiny_bundle, real_video, tmp_path):
+    """It reported 323584 -> 550216 bytes for a file that shrank to 225280: VACUUM writes the
+    new file through the WAL, which was counted."""
+    db = tmp_path / "obs.db"
+    agent(
+        "--dry-run", real_video, "--model", tiny_bundle, "--db", db, "--no-publish",
+        check_ok=True, every_frame=True,
+    )  # fmt: skip
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM observations WHERE seq % 3 = 0")
+    before = sum(f.stat().st_size for f in tmp_path.glob("obs.db*"))
+    result = agent("queue", "vacuum", "--db", db, check_ok=True)
+    reported = re.fullmatch(rf"vacuumed {db}: (\d+) -> (\d+) bytes\n", result.stdout)
+    assert reported and int(reported[1]) == before
+    after = sum(f.stat().st_size for f in tmp_path.glob("obs.db*"))
+    assert int(reported[2]) == after < before
+
+
+@pytest.mark.device
+def test_degenerate_frames_are_skipped_and_the_queue_exports(synthetic_video, tmp_path):
+    pytest.importorskip("onnx", reason="builds a bundle (onnx: not on the camera)")
+    from helpers.bundle_factory import build_bundle
+
+    dead = build_bundle(tmp_path / "dead", dead_on_bright=True)
+    db = tmp_path / "obs.db"
+    result = agent(
+        "--dry-run", synthetic_video, "--model", dead, "--db", db, "--no-publish", every_frame=True
+    )
+    assert result.returncode == 0, result.stderr
+    summary = re.search(
+        r"frames +(\d+) processed, 0 dropped, (\d+) skipped \(degenerate", result.stdout
+    )
+    assert summary and int(summary[1]) + int(summary[2]) == 40 and int(summary[2]) > 0
+    exported = agent("queue", "export", "--db", db, check_ok=True).stdout.splitlines()
+    assert len(exported) == int(summary[1])
+    assert all(json.loads(line)["top"] for line in exported)

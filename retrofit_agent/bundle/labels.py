@@ -8,16 +8,24 @@ never encodes text; it only takes dot products with these precomputed, L2-normal
 
 from __future__ import annotations
 
+import io
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from retrofit_agent.errors import BundleError
+from retrofit_agent.common.files import read_limited
+from retrofit_agent.errors import BundleError, one_line, printable
 
 KINDS = ("exclusive", "multi")
 NORM_TOLERANCE = 1e-3
+STRING_ARRAYS = ("names", "groups", "group_names", "group_kinds")
+FLOAT_ARRAYS = ("embeddings", "thresholds")
+REQUIRED = ("names", "groups", "embeddings", "thresholds", "group_names", "group_kinds")
+MAX_BANK_BYTES = 64 << 20  # 16k labels of 1024 float32 dimensions
 
 
 @dataclass(frozen=True)
@@ -96,44 +104,101 @@ class LabelBank:
 
 def load_label_bank(path: Path) -> LabelBank:
     """Load and validate labels.npz; every inconsistency names the file and the array."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise BundleError(f"{path}: label bank not found") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise BundleError(f"{path}: not a readable label bank ({exc})") from None
-    required = ("names", "groups", "embeddings", "thresholds", "group_names", "group_kinds")
-    missing = [key for key in required if key not in arrays]
-    if missing:
-        raise BundleError(f"{path}: missing arrays {', '.join(missing)}")
+    arrays = read_arrays(path)
+    strings = [key for key in STRING_ARRAYS if arrays[key].dtype.kind != "U"]
+    floats = [key for key in FLOAT_ARRAYS if arrays[key].dtype.kind != "f"]
+    if strings or floats:
+        key = (strings or floats)[0]
+        kind = "strings" if strings else "floating-point numbers"
+        raise BundleError(f"{path}: {key} must hold {kind}, not {arrays[key].dtype}")
     embeddings = arrays["embeddings"]
-    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+    if embeddings.ndim != 2 or 0 in embeddings.shape:
         raise BundleError(f"{path}: embeddings must be [labels, dim], got {embeddings.shape}")
     count = embeddings.shape[0]
     for key in ("names", "groups", "thresholds"):
         if arrays[key].shape != (count,):
             raise BundleError(f"{path}: {key} has shape {arrays[key].shape}, expected ({count},)")
+    for key in ("group_names", "group_kinds"):
+        if arrays[key].ndim != 1:
+            raise BundleError(f"{path}: {key} must be a list, got shape {arrays[key].shape}")
     if not np.all(np.isfinite(arrays["thresholds"])):
         raise BundleError(f"{path}: thresholds must be finite numbers")
+    if not np.all(np.isfinite(embeddings)):
+        worst = int(np.flatnonzero(~np.isfinite(embeddings).all(axis=1))[0])
+        raise BundleError(f"{path}: embedding of {printable(arrays['names'][worst])} is not finite")
     norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
     if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
         worst = int(np.abs(norms - 1.0).argmax())
+        name = printable(arrays["names"][worst])
         raise BundleError(
-            f"{path}: embedding of {arrays['names'][worst]!s} has norm {norms[worst]:.4f}, "
-            "expected L2-normalised rows"
+            f"{path}: embedding of {name} has norm {norms[worst]:.4f}, expected L2-normalised rows"
         )
     group_names = [str(g) for g in arrays["group_names"]]
     kinds = [str(k) for k in arrays["group_kinds"]]
     if len(group_names) != len(kinds):
         raise BundleError(f"{path}: group_names and group_kinds differ in length")
+    if len(set(group_names)) != len(group_names):
+        raise BundleError(f"{path}: group_names has duplicates")
     for name, kind in zip(group_names, kinds, strict=True):
         if kind not in KINDS:
-            raise BundleError(f"{path}: group {name} has kind {kind!r}, expected one of {KINDS}")
-    unknown = sorted({str(g) for g in arrays["groups"]} - set(group_names))
+            raise BundleError(
+                f"{path}: group {printable(name)} has kind {kind!r}, expected one of {KINDS}"
+            )
+    used = {str(g) for g in arrays["groups"]}
+    unknown = sorted(used - set(group_names))
     if unknown:
-        raise BundleError(f"{path}: labels refer to undeclared groups {', '.join(unknown)}")
-    return LabelBank(**{key: arrays[key] for key in required})
+        names = ", ".join(map(printable, unknown))
+        raise BundleError(f"{path}: labels refer to undeclared groups {names}")
+    empty = [name for name in group_names if name not in used]
+    if empty:
+        raise BundleError(f"{path}: group {printable(empty[0])} has no labels")
+    return LabelBank(**{key: arrays[key] for key in REQUIRED})
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of REQUIRED from the .npz at `path`, read within MAX_BANK_BYTES.
+
+    Only plain arrays are loaded: a member holding Python objects (which NumPy would unpickle)
+    is refused before it is read, so no message suggests loading it "unsafely".
+    """
+    data = read_limited(path, MAX_BANK_BYTES, BundleError, "label bank")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, RuntimeError):
+        raise BundleError(f"{path}: not a readable label bank (not an .npz archive)") from None
+    with archive:
+        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+        missing = [key for key in REQUIRED if key not in members]
+        if missing:
+            raise BundleError(f"{path}: missing arrays {', '.join(missing)}")
+        return {key: _read_member(path, archive, key, members[key]) for key in REQUIRED}
+
+
+def _read_member(
+    path: Path, archive: zipfile.ZipFile, key: str, info: zipfile.ZipInfo
+) -> np.ndarray:
+    where = f"{path}: {key}"
+    if info.file_size > MAX_BANK_BYTES:
+        raise BundleError(f"{where}: larger than {MAX_BANK_BYTES} bytes")
+    try:
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _fortran, dtype = read_header(member)
+        if dtype.hasobject:
+            raise BundleError(f"{where}: holds Python objects, which are never loaded")
+        if math.prod(shape) * dtype.itemsize > info.file_size:  # before it is allocated
+            raise BundleError(f"{where}: its header promises more data than it holds")
+        with archive.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as exc:
+        raise BundleError(f"{where}: not readable ({one_line(exc)})") from None
+    except ValueError:  # NumPy's own text here advises loading the file unsafely
+        raise BundleError(f"{where}: not a NumPy array (.npy)") from None
 
 
 def save_label_bank(

@@ -9,6 +9,11 @@ manifest is turned into a version-2 one by `upgrade_v1` (the only difference: ve
 the quantization mode `format`), then validated like any other; any other version is refused.
 The sha256 a bundle is known by (`manifest_sha256`, in every observation) is that of the file
 as it lies on disk, upgraded or not.
+
+Every number the frame path computes with is bounded here, where the bundle enters: JSON
+allows NaN and Infinity, and a NaN mean or an infinite logit scale passed as floats would
+make every score NaN; a `resize.shortest_side` below `size` cannot be cropped, and one of
+100000 asked for a 27.9 GiB buffer on the first frame.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError, ValidationInfo, field_validator
 
 from retrofit_agent.bundle.sections import (
     Metrics,
@@ -28,9 +33,9 @@ from retrofit_agent.bundle.sections import (
     StudentInfo,
     TeacherIdentity,
 )
-from retrofit_agent.common.files import sha256_file
+from retrofit_agent.common.files import read_limited, sha256_file
 from retrofit_agent.common.strict import StrictModel, first_error
-from retrofit_agent.errors import BundleError
+from retrofit_agent.errors import BundleError, one_line, shorten
 
 SCHEMA_VERSION = 2
 READS = (1, 2)  # the schema versions this agent reads
@@ -39,6 +44,15 @@ STUDENT_INT8 = "student.int8.onnx"
 STUDENT_FP32 = "student.fp32.onnx"
 LABELS = "labels.npz"
 REQUIRED = (STUDENT_INT8, LABELS)
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KiB
+MAX_SIZE = 1024  # input side: the largest CLIP towers take 336-560 px
+MAX_RESIZE_RATIO = 4  # shortest_side / size; torchvision's recipes use 1 to 1.14 (256/224)
+MAX_LOGIT_SCALE = 1000.0  # CLIP clamps its learned scale at 100, SigLIP's is ~117
+
+# Pixel statistics on [0, 1]: a mean within it, a std of at least a quarter of one 8-bit level
+# and at most 1 (no normalisation); never NaN or infinite.
+Mean = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Std = Annotated[float, Field(ge=1e-3, le=1.0, allow_inf_nan=False)]
 
 
 class Resize(StrictModel):
@@ -55,14 +69,25 @@ class Description(StrictModel):
     name: str = Field(min_length=1)
     teacher: TeacherIdentity
     student: StudentInfo
-    size: PositiveInt = Field(description="square input side in pixels")
+    size: int = Field(ge=1, le=MAX_SIZE, description="square input side in pixels")
     resize: Resize
-    mean: tuple[float, float, float]
-    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+    mean: tuple[Mean, Mean, Mean]
+    std: tuple[Std, Std, Std]
     embedding_dim: PositiveInt
-    logit_scale: PositiveFloat
+    logit_scale: float = Field(gt=0, le=MAX_LOGIT_SCALE, allow_inf_nan=False)
     quantization: Quantization
     metrics: Metrics | None = Field(None, description="None: nothing measured (random weights)")
+
+    @field_validator("resize")
+    @classmethod
+    def _covers_the_crop(cls, resize: Resize, info: ValidationInfo) -> Resize:
+        size = info.data.get("size")  # absent: its own error is reported
+        if size is not None and not size <= resize.shortest_side <= MAX_RESIZE_RATIO * size:
+            raise ValueError(
+                f"shortest_side {resize.shortest_side} must lie between size ({size}) and "
+                f"{MAX_RESIZE_RATIO} x size ({MAX_RESIZE_RATIO * size})"
+            )
+        return resize
 
 
 class Manifest(Description):
@@ -110,13 +135,15 @@ def parse_manifest(raw: bytes, where: Path) -> Manifest:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise BundleError(f"{where}: not valid JSON ({exc})") from None
+        raise BundleError(f"{where}: not valid JSON ({one_line(exc)})") from None
+    except RecursionError:
+        raise BundleError(f"{where}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise BundleError(f"{where}: not a JSON object")
     version = data.get("schema_version")
     if "schema_version" in data and not (type(version) is int and version in READS):
         raise BundleError(
-            f"{where}: schema_version: {version!r} is not supported "
+            f"{where}: schema_version: {shorten(repr(version), 40)} is not supported "
             f"(this agent reads {' and '.join(map(str, READS))})"
         )
     if version == 1:
@@ -134,10 +161,7 @@ def load_bundle(path: Path) -> Bundle:
     manifest_path = path / MANIFEST
     if not path.is_dir():
         raise BundleError(f"{path}: model bundle directory not found")
-    try:
-        raw = manifest_path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{manifest_path}: missing") from None
+    raw = read_limited(manifest_path, MAX_MANIFEST_BYTES, BundleError, "bundle manifest")
     manifest = parse_manifest(raw, manifest_path)
     for required in REQUIRED:
         if required not in manifest.files:

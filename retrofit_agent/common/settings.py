@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from retrofit_agent.errors import ConfigError
+from retrofit_agent.common.files import read_limited
+from retrofit_agent.errors import ConfigError, printable, shorten
 
 ENV_PREFIX = "RETROFIT_AGENT_"
+MAX_TOML_BYTES = 1 << 20  # a config or a label set is a few KiB
 ENV_NESTING = "__"
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,22 +54,22 @@ def load_validated(
 
 
 def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    raw = read_limited(path, MAX_TOML_BYTES, ConfigError, what)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such {what}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+        return tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def _parse_env_value(raw: str) -> Any:
     """Environment values are TOML literals (`3`, `true`, `"x"`); anything else is a string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return raw
 
 
@@ -93,6 +95,6 @@ def describe_errors(
         )
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] not in ("extra_forbidden", "missing"):
-            what += f" (got {err['input']!r})"
-        problems.append(f"{source}: {'.'.join(loc)}: {what}")
+            what += f" (got {shorten(repr(err['input']), 80)})"
+        problems.append(f"{source}: {'.'.join(map(printable, loc))}: {what}")
     return "; ".join(problems)

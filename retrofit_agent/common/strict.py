@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from retrofit_agent.errors import printable
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -17,5 +19,5 @@ class StrictModel(BaseModel):
 def first_error(exc: ValidationError, document: str = "document") -> str:
     """The first problem as `dotted.key: what is wrong` (`document` when it has no key)."""
     err = exc.errors()[0]
-    where = ".".join(str(part) for part in err["loc"]) or document
+    where = ".".join(printable(part) for part in err["loc"]) or document
     return f"{where}: {err['msg']}"

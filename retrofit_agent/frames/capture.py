@@ -5,12 +5,18 @@ native rate) keeps only the newest frame: a slow pipeline drops frames, it never
 backlog. A file read as fast as possible delivers every frame through a small bounded queue.
 The ways a source stops are distinct: a clean end (iteration stops), an unreadable input
 (SourceError at open), a truncated file (SourceTruncated) and a vanished or stalled camera
-(DeviceLost); a stall is detected by timeout, never waited on forever.
+(DeviceLost); a stall is detected by timeout, never waited on forever. A file is truncated when
+it ends inside its container's declared structure (frames.container), not when it delivers
+fewer frames than the container counts: zero-length "repeat" entries count but decode to
+nothing. Frames too large for memory are refused before they are decoded (frames.images), and
+an input that is neither a regular file, a folder nor a camera (a FIFO would block the open
+forever) is refused at once.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -23,7 +29,11 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from retrofit_agent.common.files import file_kind
+from retrofit_agent.config import DEFAULT_MAX_PIXELS
 from retrofit_agent.errors import DeviceLost, SourceError, SourceTruncated
+from retrofit_agent.frames import container
+from retrofit_agent.frames.images import check_frame_size, read_image
 
 # FFmpeg and OpenCV print decoder chatter on stderr; the agent reports errors itself.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -31,8 +41,6 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PREFETCH = 1  # frames decoded ahead of inference when every frame is wanted
-# A container's frame count can be an estimate; fewer frames than this share of it is truncation.
-TRUNCATION_SHARE = 0.98
 
 
 def is_corrupt(image: object) -> bool:
@@ -233,10 +241,21 @@ class VideoFileSource(FrameSource):
         realtime: bool = False,
         loop: bool = False,
         prepare: Prepare | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.name = str(path)
+        self._path = path
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
-        ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
+        try:
+            if self._capture.isOpened():  # the stream's size is known before a frame decodes
+                width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+                height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+                if width > 0 and height > 0:
+                    check_frame_size(path, width, height, max_pixels)
+            ok, first = self._capture.read() if self._capture.isOpened() else (False, None)
+        except BaseException:
+            self._capture.release()
+            raise
         if not ok:
             self._capture.release()
             raise SourceError(f"{path}: not a readable video (no decodable frame)")
@@ -266,17 +285,19 @@ class VideoFileSource(FrameSource):
 
     def _finish(self) -> None:
         read = self._reader.read_count
-        if self.total and read < TRUNCATION_SHARE * self.total:
+        if self.total and read < self.total and container.truncated(self._path):
             raise SourceTruncated(
                 f"{self.name}: video ends after {read} of {self.total} frames "
-                "(truncated or corrupt)"
+                "(the file is shorter than its container says: truncated)"
             )
 
 
 class ImageFolderSource(FrameSource):
     """Every image in a folder, in name order; an unreadable image is an error naming it."""
 
-    def __init__(self, path: Path, prepare: Prepare | None = None) -> None:
+    def __init__(
+        self, path: Path, prepare: Prepare | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.name = str(path)
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -285,13 +306,7 @@ class ImageFolderSource(FrameSource):
         pending = deque(files)
 
         def read(_spare: np.ndarray | None) -> np.ndarray | None:
-            if not pending:
-                return None
-            file = pending.popleft()
-            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-            if image is None:
-                raise SourceError(f"{file}: not a readable image")
-            return image
+            return read_image(pending.popleft(), max_pixels) if pending else None
 
         self._reader = FrameReader(read, keep_all=True, prepare=prepare)
 
@@ -359,17 +374,28 @@ def open_source(
     stall_timeout_s: float = 5.0,
     loop: bool = False,
     prepare: Prepare | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> FrameSource:
-    """Pick the source type: a device index or /dev/video*, a folder, else a video file.
+    """Pick the source type: a device index, /dev/video* or another character device, a
+    folder, a regular file (a video); anything else is refused without opening it.
 
     `prepare` (e.g. Preprocessor.prepare) makes each frame's model input on the reader thread.
+    Frames of more than `max_pixels` are refused before they are decoded.
     """
     if isinstance(source, int) or str(source).isdigit() or str(source).startswith("/dev/video"):
         device = int(source) if str(source).isdigit() else str(source)
         return open_camera(device, width, height, fps, stall_timeout_s, prepare)
     path = Path(source)
-    if not path.exists():
-        raise SourceError(f"{path}: no such file or directory")
-    if path.is_dir():
-        return ImageFolderSource(path, prepare)
-    return VideoFileSource(path, realtime, loop, prepare)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot open: {exc.strerror}") from None
+    if stat.S_ISCHR(mode):  # a camera's node by another name (/dev/v4l/by-id/...)
+        return open_camera(str(path), width, height, fps, stall_timeout_s, prepare)
+    if stat.S_ISDIR(mode):
+        return ImageFolderSource(path, prepare, max_pixels)
+    if not stat.S_ISREG(mode):
+        raise SourceError(f"{path}: {file_kind(mode)}, not a video file, a folder or a camera")
+    return VideoFileSource(path, realtime, loop, prepare, max_pixels)

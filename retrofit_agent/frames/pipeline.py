@@ -5,12 +5,18 @@ with their model input already made on the reader thread (`prepare`), so the inf
 only infers and scores. A prepared input records the preprocessing that made it (its `spec`):
 after a reload to a bundle with another input size or normalisation, the few frames prepared
 for the old bundle are made again here instead of reaching the new student.
+
+A student can output a degenerate embedding: all zeros (a dead ReLU on a bright frame) or
+non-finite values. Normalised, it would make every score NaN, stored as null, which
+`queue export` and the ingest server refuse; `embed` returns None for it instead, and the
+frame is counted and skipped (`RunStats.degenerate`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import time
 
 import numpy as np
@@ -72,8 +78,9 @@ class Pipeline:
         preprocess = self._reader_preprocess  # read once: a reload replaces it whole
         return Prepared(preprocess.prepare(image, spare), preprocess.spec)
 
-    def embed(self, frame: Frame, timings: dict[str, float]) -> np.ndarray:
-        """The frame's L2-normalised embedding [D]; stage times (ms) are added to `timings`."""
+    def embed(self, frame: Frame, timings: dict[str, float]) -> np.ndarray | None:
+        """The frame's L2-normalised embedding [D], None if the student's is degenerate (zero
+        or not finite); stage times (ms) are added to `timings`."""
         t0 = time.perf_counter()
         ready = frame.prepared is not None and frame.prepared.spec == self.preprocess.spec
         if ready:
@@ -83,16 +90,24 @@ class Pipeline:
             self.inline_preprocessed += 1
         t1 = time.perf_counter()
         embedding = self.embedder(batch)[0]
-        embedding /= np.linalg.norm(embedding)
+        norm = float(np.linalg.norm(embedding.astype(np.float64)))  # float32 could overflow
         t2 = time.perf_counter()
         timings["preprocess"] = frame.prepare_ms if ready else (t1 - t0) * 1e3
         timings["inference"] = (t2 - t1) * 1e3
+        if not (0.0 < norm < math.inf):  # zero, or some value infinite or NaN
+            return None
+        embedding /= norm
         return embedding
 
     def observe(
-        self, frame: Frame, source: str, seq: int, timings: dict[str, float]
+        self,
+        frame: Frame,
+        embedding: np.ndarray,
+        source: str,
+        seq: int,
+        timings: dict[str, float],
     ) -> Observation:
-        embedding = self.embed(frame, timings)
+        """The observation of `frame`, whose `embed`ding the store gave `seq`."""
         t0 = time.perf_counter()
         scored = self.bank.score(embedding, self.bundle.manifest.logit_scale)
         observation = Observation(

@@ -18,10 +18,12 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from retrofit_agent.common.logs import kv
 from retrofit_agent.config import AgentConfig, CaptureConfig
 from retrofit_agent.errors import StoreFull
-from retrofit_agent.frames.capture import FrameSource, Prepare, open_source
+from retrofit_agent.frames.capture import Frame, FrameSource, Prepare, open_source
 from retrofit_agent.frames.pipeline import Pipeline
 from retrofit_agent.frames.stats import RunStats
 from retrofit_agent.keep.policy import Decision, KeepPolicy
@@ -38,7 +40,15 @@ def open_frames(capture: CaptureConfig, prepare: Prepare | None = None) -> Frame
     """The frames `capture` describes; `prepare` makes each one's model input on the reader."""
     c = capture
     return open_source(
-        c.source, c.realtime, c.width, c.height, c.fps, c.stall_timeout_s, c.loop, prepare
+        c.source,
+        c.realtime,
+        c.width,
+        c.height,
+        c.fps,
+        c.stall_timeout_s,
+        c.loop,
+        prepare,
+        c.max_pixels,
     )
 
 
@@ -99,14 +109,7 @@ class Runtime:
 
         `self.stats` is updated in place, so a caller can read it while the run goes on.
         """
-        stats, pipeline, source, store, publisher, policy = (
-            self.stats,
-            self.pipeline,
-            self.source,
-            self.store,
-            self.publisher,
-            self.policy,
-        )
+        stats, pipeline, source = self.stats, self.pipeline, self.source
         started = time.perf_counter()
         frames = iter(source)
         try:
@@ -116,47 +119,54 @@ class Runtime:
                 if frame is None:
                     break
                 timings = {"capture": (time.perf_counter() - t0) * 1e3}
-                try:
-                    seq = store.allocate_seq()
-                except StoreFull:
-                    stats.skipped += 1  # no seq reserved on disk: it can be neither kept nor sent
+                embedding = pipeline.embed(frame, timings)
+                if embedding is None:
+                    stats.degenerate += 1  # its scores would be NaN: nothing to keep or send
                 else:
-                    observation = pipeline.observe(frame, source.name, seq, timings)
-                    t1 = time.perf_counter()
-                    decision = policy.decide(observation, source.clock_s(frame))
-                    if decision.reasons:
-                        observation = observation.model_copy(
-                            update={"reasons": list(decision.reasons)}
-                        )
-                    t2 = time.perf_counter()
-                    header = observation.header_json()
-                    t3 = time.perf_counter()
-                    if decision.reasons:
-                        store.add(observation, header)
-                        stats.record_kept(observation)
-                    self._store_events(decision)
-                    store.tick()
-                    t4 = time.perf_counter()
-                    if publisher is not None:
-                        publisher.publish(observation, header)
-                        self._publish_events(decision)
-                    t5 = time.perf_counter()
-                    timings["keep"] = (t2 - t1) * 1e3
-                    timings["store"] = (t4 - t3) * 1e3
-                    timings["publish"] = (t5 - t4) * 1e3
-                    stats.record(observation, timings)
+                    self._observe(frame, embedding, timings)
                 if on_frame is not None:
                     on_frame(stats)
         except KeyboardInterrupt:
             stats.interrupted = True  # Ctrl-C: keep what was done and report it
         finally:
-            closed = policy.close("stopped")
+            closed = self.policy.close("stopped")
             self._store_events(closed)
             self._publish_events(closed)
-            store.flush()
+            self.store.flush()
             stats.wall_s = time.perf_counter() - started
             stats.dropped = source.dropped
         return stats
+
+    def _observe(self, frame: Frame, embedding: np.ndarray, timings: dict[str, float]) -> None:
+        """The observation of `frame` under a newly reserved seq: published, and stored if the
+        keep policy keeps it, with the events it changed."""
+        try:
+            seq = self.store.allocate_seq()
+        except StoreFull:
+            self.stats.skipped += 1  # no seq reserved on disk: it can be neither kept nor sent
+            return
+        observation = self.pipeline.observe(frame, embedding, self.source.name, seq, timings)
+        t1 = time.perf_counter()
+        decision = self.policy.decide(observation, self.source.clock_s(frame))
+        if decision.reasons:
+            observation = observation.model_copy(update={"reasons": list(decision.reasons)})
+        t2 = time.perf_counter()
+        header = observation.header_json()
+        t3 = time.perf_counter()
+        if decision.reasons:
+            self.store.add(observation, header)
+            self.stats.record_kept(observation)
+        self._store_events(decision)
+        self.store.tick()
+        t4 = time.perf_counter()
+        if self.publisher is not None:
+            self.publisher.publish(observation, header)
+            self._publish_events(decision)
+        t5 = time.perf_counter()
+        timings["keep"] = (t2 - t1) * 1e3
+        timings["store"] = (t4 - t3) * 1e3
+        timings["publish"] = (t5 - t4) * 1e3
+        self.stats.record(observation, timings)
 
     def _store_events(self, decision: Decision) -> None:
         """Queue the events `decision` changed, and the best frames of those it ended."""

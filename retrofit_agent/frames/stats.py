@@ -48,14 +48,22 @@ class Window:
 
 @dataclass
 class RunStats:
-    """What a run did: frames, label counts and a window of per-stage latencies (ms)."""
+    """What a run did: frames, label counts and a window of per-stage latencies (ms).
+
+    `label_counts` counts the frames that carried each label; `no_label` the frames in which
+    a group reported none (its best was below every threshold), so that each exclusive
+    group's counts add up to the frames. The `total` latency is every stage but `capture`,
+    the wait for the next frame.
+    """
 
     frames: int = 0
     dropped: int = 0
     skipped: int = 0  # frames that got no sequence number: the disk was full
+    degenerate: int = 0  # frames whose embedding was zero or not finite: nothing to score
     interrupted: bool = False
     wall_s: float = 0.0
     label_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    no_label: Counter[str] = field(default_factory=Counter)
     kept: int = 0  # observations stored (a best frame is stored after its own frame)
     kept_by_reason: Counter[str] = field(default_factory=Counter)
     events_started: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -68,6 +76,8 @@ class RunStats:
     def record(self, observation: Observation, timings: dict[str, float]) -> None:
         self.frames += 1
         self.label_counts.update((s.group, s.label) for s in observation.labels)
+        labelled = {s.group for s in observation.labels}
+        self.no_label.update(group for group in observation.top if group not in labelled)
         total = sum(v for k, v in timings.items() if k != "capture")
         for stage, ms in (*timings.items(), ("total", total)):
             self.latency_ms[stage].append(ms)
@@ -91,11 +101,13 @@ class RunStats:
             "frames": self.frames,
             "dropped": self.dropped,
             "skipped": self.skipped,
+            "degenerate": self.degenerate,
             "wall_s": self.wall_s,
             "interrupted": self.interrupted,
             "fps": self.frames / self.wall_s if self.wall_s else 0.0,
             "latency_ms": percentiles,
             "labels": {f"{g}/{label}": n for (g, label), n in sorted(self.label_counts.items())},
+            "no_label": dict(sorted(self.no_label.items())),
             "kept": {
                 "observations": self.kept,
                 "by_reason": {r: n for r in REASONS if (n := self.kept_by_reason[r])},

@@ -49,6 +49,9 @@ class Values:
     frames_dropped_total: int = counter("Frames the camera delivered faster than processed.")
     frames_corrupt_total: int = counter("Frames skipped as corrupt.")
     frames_skipped_total: int = counter("Frames skipped: no seq could be reserved (disk full).")
+    frames_degenerate_total: int = counter(
+        "Frames skipped: the student's embedding was zero or not finite (nothing to score)."
+    )
     frames_preprocessed_inline_total: int = counter(
         "Frames whose model input was made on the inference thread, not the reader thread "
         "(prepared for a bundle that a reload replaced)."
@@ -77,6 +80,7 @@ def collect(runtime: Runtime, camera: SupervisedSource, last_frame_time: float) 
         frames_dropped_total=camera.dropped,
         frames_corrupt_total=camera.corrupt_frames,
         frames_skipped_total=runtime.stats.skipped,
+        frames_degenerate_total=runtime.stats.degenerate,
         frames_preprocessed_inline_total=runtime.pipeline.inline_preprocessed,
         camera_up=int(camera.up),
         camera_reconnects_total=camera.reconnects,

@@ -7,8 +7,10 @@ watchdog): the reader thread prepares the model input, as in the dry run. Around
   tell "do not restart" (bad config, bad bundle) from "restart later". Then READY=1.
 - SIGTERM/SIGINT: the frame in flight is finished, the queue flushed, everything closed, exit
   0. Waits (backoff) end at once; a frame wait ends within `capture.stall_timeout_s`.
-- SIGHUP: config and model/label bank reloaded in place, the camera stays open; a bad new
-  config is logged and the running one kept. Sections that need a restart say so.
+- SIGHUP: config and model/label bank reloaded in place, the camera stays open; whatever
+  fails while the new config, bundle or label bank load (a RetrofitError, or anything else:
+  a reload must never stop a running camera) is logged and the running ones kept. Sections
+  that need a restart say so.
 - Progress (a frame done, or a step of the camera watchdog) pings the systemd watchdog,
   refreshes the metrics snapshot (service.catalogue) and STATUS=, and logs a status line now
   and then.
@@ -32,7 +34,7 @@ from retrofit_agent.common import logs
 from retrofit_agent.common.backoff import Backoff
 from retrofit_agent.common.logs import kv
 from retrofit_agent.config import AgentConfig, load_config
-from retrofit_agent.errors import ConfigError, RetrofitError
+from retrofit_agent.errors import ConfigError, RetrofitError, one_line
 from retrofit_agent.frames.capture import FrameSource
 from retrofit_agent.frames.runtime import Runtime
 from retrofit_agent.frames.stats import RunStats
@@ -212,6 +214,7 @@ class Service:
                     dropped=v.frames_dropped_total,
                     corrupt=v.frames_corrupt_total,
                     skipped=v.frames_skipped_total,
+                    degenerate=v.frames_degenerate_total,
                     reconnects=v.camera_reconnects_total,
                     queue_rows=v.queue_rows,
                     queue_bytes=v.queue_bytes,
@@ -227,9 +230,15 @@ class Service:
         try:
             config = load_service_config(self.config_path)
             self.pipeline.load(config)
-        except RetrofitError as exc:
+        except Exception as exc:  # whatever it was, the running bundle stays
             self.reloads["failed"] += 1
-            log.error("reload failed, keeping the running configuration", extra=kv(error=exc))
+            expected = isinstance(exc, RetrofitError)
+            log.error(
+                "reload failed, keeping the running configuration",
+                extra=kv(error=exc if expected else f"{type(exc).__name__}: {one_line(exc)}"),
+            )
+            if not expected:  # a bug in a loader: its traceback for the report
+                log.debug("reload failure", exc_info=True)
         else:
             self.reloads["ok"] += 1
             for section in RESTART_SECTIONS:

@@ -297,10 +297,12 @@ class Store:
             raise StoreError(f"{self.path}: cannot update upload state: {exc}") from None
 
     def vacuum(self) -> None:
-        """Return freed pages to the filesystem and truncate the WAL."""
+        """Return freed pages to the filesystem and truncate the WAL (VACUUM writes the whole
+        new file through the WAL: checkpointed after it, the file's size is its real one)."""
         self.flush()
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         self.flush()

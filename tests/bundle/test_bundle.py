@@ -5,7 +5,7 @@ import pytest
 from helpers.manifests import rewrite_manifest
 
 from retrofit_agent.bundle.labels import save_label_bank
-from retrofit_agent.bundle.manifest import load_bundle
+from retrofit_agent.bundle.manifest import Resize, load_bundle
 from retrofit_agent.common.files import sha256_file
 from retrofit_agent.config import load_config
 from retrofit_agent.errors import BundleError
@@ -40,7 +40,7 @@ def test_missing_listed_file_and_missing_manifest(bundle_copy):
     with pytest.raises(BundleError, match=r"labels\.npz: listed in manifest\.json but missing"):
         load_bundle(bundle_copy)
     (bundle_copy / "manifest.json").unlink()
-    with pytest.raises(BundleError, match=r"manifest\.json: missing"):
+    with pytest.raises(BundleError, match=r"manifest\.json: no such bundle manifest"):
         load_bundle(bundle_copy)
 
 
@@ -85,7 +85,8 @@ def test_manifest_dimension_disagreeing_with_model(bundle_copy):
         "manifest says embedding_dim 64",
     ):
         pipeline_for(bundle_copy)
-    rewrite_manifest(bundle_copy, embedding_dim=32, size=96)
+    resize = Resize(shortest_side=96, interpolation="bicubic")
+    rewrite_manifest(bundle_copy, embedding_dim=32, size=96, resize=resize)
     with pytest.raises(BundleError, match=r"manifest says \[N, 3, 96, 96\]"):
         pipeline_for(bundle_copy)
 

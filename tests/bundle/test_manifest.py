@@ -2,6 +2,11 @@
 the typed sections validated with the file and the key in every error."""
 
 import json
+import os
+import re
+import resource
+import subprocess
+import sys
 
 import pytest
 from helpers.paths import REPO
@@ -110,4 +115,79 @@ def test_teacher_identity_is_one_of_two_kinds(bundle_copy, teacher, message):
 def test_sections_are_strict(bundle_copy):
     edit_manifest(bundle_copy, lambda data: data["student"].update(layers=10))
     with pytest.raises(BundleError, match=r"manifest\.json: student\.layers: Extra inputs"):
+        load_bundle(bundle_copy)
+
+
+def edit_manifest_text(bundle, old, new):
+    """Replace text in manifest.json: JSON's NaN and Infinity are not json.dumps' to write."""
+    path = bundle / MANIFEST
+    text = json.dumps(json.loads(path.read_text()))
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('"mean": [0.48145466', '"mean": [NaN', r"mean\.0: Input should be a finite number"),
+        ('"mean": [0.48145466', '"mean": [Infinity', r"mean\.0: Input should be a finite"),
+        ('"mean": [0.48145466', '"mean": [-0.5', r"mean\.0: Input should be greater than"),
+        ('"std": [0.26862954', '"std": [NaN', r"std\.0: Input should be a finite number"),
+        ('"std": [0.26862954', '"std": [0', r"std\.0: Input should be greater than or equal"),
+        ('"std": [0.26862954', '"std": [-1', r"std\.0: Input should be greater than or equal"),
+        ('"logit_scale": 100.0', '"logit_scale": Infinity', r"logit_scale: .* finite number"),
+        ('"logit_scale": 100.0', '"logit_scale": NaN', r"logit_scale: .* finite number"),
+        ('"logit_scale": 100.0', '"logit_scale": 1e300', r"logit_scale: .* less than or equal"),
+        ('"shortest_side": 64', '"shortest_side": 32', r"resize: .*shortest_side 32 must lie"),
+        ('"shortest_side": 64', '"shortest_side": 100000', r"resize: .*shortest_side 100000"),
+        ('"size": 64', '"size": 100000', r"size: Input should be less than or equal to 1024"),
+    ],
+)
+def test_values_that_would_poison_every_score_are_refused(bundle_copy, old, new, message):
+    """NaN and Infinity are valid JSON to Python; a NaN mean or an infinite logit scale made
+    every score NaN, a shortest_side below size crashed the first frame, 100000 asked for
+    27.9 GiB."""
+    edit_manifest_text(bundle_copy, old, new)
+    with pytest.raises(BundleError, match=r"manifest\.json: " + message):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("kind", ["directory", "link to /dev/zero", "fifo", "too large"])
+def test_a_manifest_that_is_not_a_small_regular_file_is_refused_at_once(bundle_copy, kind):
+    """A directory raised IsADirectoryError; /dev/zero was read until memory ran out (this
+    test runs the loader in a child with 2 GiB of address space and a timeout: it must not
+    take the machine with it when it fails); a FIFO blocked forever."""
+    path = bundle_copy / MANIFEST
+    path.unlink()
+    expected = {
+        "directory": "bundle manifest is a directory, not a file",
+        "link to /dev/zero": "bundle manifest is a character device, not a file",
+        "fifo": r"bundle manifest is a named pipe \(FIFO\), not a file",
+        "too large": "bundle manifest larger than 1048576 bytes",
+    }[kind]
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b" " * (2 << 20))
+    code = (
+        f"from retrofit_agent.bundle.manifest import load_bundle; load_bundle({str(bundle_copy)!r})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)),
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"retrofit_agent\.errors\.BundleError: .*manifest\.json: {expected}", last)
+
+
+def test_deeply_nested_json_is_an_error_not_a_recursion_crash(bundle_copy):
+    (bundle_copy / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match=r"manifest\.json: not valid JSON \(nested too deeply\)"):
         load_bundle(bundle_copy)

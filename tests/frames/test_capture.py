@@ -1,11 +1,14 @@
+import os
 import threading
 import time
 
 import cv2
 import numpy as np
 import pytest
+from helpers.avi import with_repeats, write_avi
 
 from retrofit_agent.errors import DeviceLost, SourceError, SourceTruncated
+from retrofit_agent.frames import container
 from retrofit_agent.frames.capture import (
     CameraSource,
     FrameReader,
@@ -60,6 +63,74 @@ def test_truncated_video_is_its_own_error(truncated_video):
         for _ in source:
             pass
     source.close()
+
+
+def test_zero_length_repeat_entries_are_not_truncation(tmp_path):
+    """A complete AVI whose index lists zero-length "repeat the previous frame" entries (370 of
+    444 here, as some encoders write): FFmpeg delivers only the 74 real frames, which the old
+    frame-count ratio called truncated."""
+    entries = with_repeats(444, every=6)
+    video = write_avi(tmp_path / "repeats.avi", entries)
+    capture = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 444  # what the container declares
+    capture.release()
+    with open_source(video) as source:
+        assert source.total == 444
+        brightness = [round(float(f.image.mean())) for f in source]  # ends without an error
+    expected = [round(float(f.mean())) for f in entries if f is not None]
+    assert len(brightness) == 74 and brightness == pytest.approx(expected, abs=2)
+
+
+def test_truncation_is_told_by_the_container(tmp_path, synthetic_video, real_video):
+    """A file is truncated when it ends inside its container's declared structure: AVI
+    (RIFF), MP4 (ISO BMFF, here the real footage, moov first) and Matroska."""
+    repeats = write_avi(tmp_path / "repeats.avi", with_repeats(444, every=6))
+    mkv = tmp_path / "video.mkv"
+    writer = cv2.VideoWriter(str(mkv), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(20):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+    for whole in (repeats, synthetic_video, real_video, mkv):
+        assert not container.truncated(whole), whole
+        cut = tmp_path / f"cut-{whole.name}"
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+        assert container.truncated(cut), cut
+    not_video = tmp_path / "notes.txt"
+    not_video.write_text("no container here")
+    assert not container.truncated(not_video)
+
+
+def test_truncated_real_footage_is_its_own_error(real_video, tmp_path):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(real_video.read_bytes()[: real_video.stat().st_size // 2])
+    with (
+        open_source(cut) as source,
+        pytest.raises(SourceTruncated, match=r"cut\.mp4: video ends after \d+ of 221 frames"),
+    ):
+        list(source)
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
+    """Opening a FIFO blocks until a writer comes: as the video, the dry run hung forever."""
+    fifo = tmp_path / "camera.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match=r"camera\.mp4: a named pipe \(FIFO\), not a video"):
+        open_source(fifo)
+    images = tmp_path / "images"
+    images.mkdir()
+    os.mkfifo(images / "frame.png")
+    with (
+        open_source(images) as source,
+        pytest.raises(SourceError, match=r"frame\.png: image is a named pipe \(FIFO\)"),
+    ):
+        list(source)
+
+
+def test_a_video_whose_frames_are_too_large_is_refused_before_decoding(synthetic_video):
+    with pytest.raises(SourceError, match=r"320x240 is 76800 pixels, more than capture"):
+        open_source(synthetic_video, max_pixels=76799)
+    with open_source(synthetic_video, max_pixels=76800) as source:
+        assert len(list(source)) == 40
 
 
 def test_unreadable_inputs(not_a_video, tmp_path):

@@ -22,6 +22,12 @@ def drain(socket: zmq.Socket) -> list[list[bytes]]:
     return messages
 
 
+def observe(pipeline, frame, source, seq):
+    """The frame's observation, as the runtime makes it: embed, then observe."""
+    timings = {}
+    return pipeline.observe(frame, pipeline.embed(frame, timings), source, seq, timings)
+
+
 def config_for(bundle, tmp_path, db="obs.db", **overrides):
     """The tiny bundle, a database in tmp_path, no ZeroMQ unless an endpoint is given; every
     frame stored unless a test sets the keep policy."""
@@ -126,7 +132,7 @@ def test_inputs_prepared_on_the_reader_thread_give_the_same_observations(
     inline = []
     with open_source(synthetic_video) as source:  # no prepare: made on this thread
         for seq, frame in enumerate(source, 1):
-            observation = pipeline.observe(frame, source.name, seq, {})
+            observation = observe(pipeline, frame, source.name, seq)
             inline.append((observation.labels, observation.embedding))
     assert pipeline.inline_preprocessed == 40
     assert inline == prepared
@@ -145,7 +151,7 @@ def test_a_reload_to_another_input_size_remakes_inputs_prepared_for_the_old_bund
         old = next(frames)  # prepared for the 64 px bundle
         assert old.prepared.input.shape == (1, 3, 64, 64)
         pipeline.load(config_for(small, tmp_path))
-        remade = pipeline.observe(old, source.name, 1, {})
+        remade = observe(pipeline, old, source.name, 1)
         assert pipeline.inline_preprocessed == 1
         direct = pipeline.embedder(pipeline.preprocess(old.image))[0]
         np.testing.assert_allclose(
@@ -155,7 +161,7 @@ def test_a_reload_to_another_input_size_remakes_inputs_prepared_for_the_old_bund
         )
         later = [next(frames) for _ in range(3)][-1]  # the reader now prepares for 32 px
         assert later.prepared.input.shape == (1, 3, 32, 32)
-        pipeline.observe(later, source.name, 2, {})
+        observe(pipeline, later, source.name, 2)
         assert pipeline.inline_preprocessed == 1
 
 
@@ -173,3 +179,24 @@ def test_quantiles_match_numpy(count):
     values = np.random.default_rng(count).exponential(size=count)
     qs = (0.5, 0.9, 0.99)
     np.testing.assert_allclose(quantiles(values, qs), np.quantile(values, qs), rtol=1e-12)
+
+
+def test_degenerate_embeddings_are_counted_and_skipped(synthetic_video, tmp_path):
+    """A zero embedding (a dead ReLU on a bright frame) made every score NaN, stored as null:
+    `queue export` then crashed and the ingest server refused the rows."""
+    pytest.importorskip("onnx", reason="builds a bundle (onnx: not on the camera)")
+    from helpers.bundle_factory import build_bundle
+
+    dead = build_bundle(tmp_path / "dead", dead_on_bright=True)
+    with Runtime(config_for(dead, tmp_path), CaptureConfig(source=str(synthetic_video))) as rt:
+        stats = rt.run()
+        stored = list(rt.store.observations())
+        events = [e.seq for e in rt.store.events.events()]  # label events take seqs too
+    # the synthetic frames brighten by 5 levels each: the later ones are the bright ones
+    assert stats.degenerate > 5 and stats.frames > 5 and stats.frames + stats.degenerate == 40
+    assert [o.frame_index for o in stored] == list(range(stats.frames))
+    used = sorted([o.seq for o in stored] + events)
+    assert used == list(range(1, stats.frames + len(events) + 1))  # none spent on them
+    scores = [s.score for o in stored for s in [*o.labels, *o.top.values()]]
+    assert scores and all(np.isfinite(scores))
+    assert stats.summary()["degenerate"] == stats.degenerate

@@ -87,6 +87,34 @@ def conv_net(size: int, dim: int, channels: Sequence[int], rng: np.random.Genera
     return model
 
 
+def dead_relu_net(size: int, dim: int, rng: np.random.Generator):
+    """A student whose embedding is all zeros for bright frames, as a dead ReLU makes it:
+    relu(-mean(image)) times a random row, so a frame brighter than the normalised mean
+    (about 0.46 on [0, 1] with CLIP's statistics) gets a zero vector."""
+    row = rng.normal(0, 1, (1, dim)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Neg", ["mean"], ["darkness"]),
+        helper.make_node("Relu", ["darkness"], ["alive"]),
+        helper.make_node("Reshape", ["alive", "column"], ["alive2"]),
+        helper.make_node("MatMul", ["alive2", "row"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dead_relu",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        [
+            numpy_helper.from_array(np.array([-1, 1], np.int64), "column"),
+            numpy_helper.from_array(row, "row"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 class _Batches(CalibrationDataReader):
     def __init__(self, batches: Iterable[np.ndarray]) -> None:
         self._batches = iter(batches)
@@ -104,11 +132,13 @@ def build_bundle(
     name: str = "tiny-test",
     calibration_images: Sequence[Path] = (),
     seed: int = 0,
+    dead_on_bright: bool = False,
 ) -> Path:
-    """Write a complete bundle to `path` and return it."""
+    """Write a complete bundle to `path` and return it; `dead_on_bright`: its student is
+    dead_relu_net instead of a conv net."""
     path = Path(path)
     rng = np.random.default_rng(seed)
-    fp32 = conv_net(size, dim, channels, rng)
+    fp32 = dead_relu_net(size, dim, rng) if dead_on_bright else conv_net(size, dim, channels, rng)
     with tempfile.TemporaryDirectory(prefix="bundle-factory-") as tmp:
         work = Path(tmp)
         onnx.save(fp32, work / STUDENT_FP32)

@@ -1,16 +1,20 @@
 """`retrofit-agent run` as a real process: notify protocol, camera faults, signals, start errors."""
 
 import json
+import os
 import re
+import shutil
 import signal
 import sqlite3
 import time
 import urllib.request
 from contextlib import closing
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers.agent_process import AgentProcess, config_text
+from helpers.manifests import rewrite_manifest
 from helpers.metrics import parse_metrics
 
 from retrofit_agent.bundle.labels import save_label_bank
@@ -155,6 +159,56 @@ def test_sighup_reloads_labels_and_config_keeping_the_camera(start, tmp_path, ti
     assert agent.opens() == 1 and metrics["retrofit_agent_camera_reconnects_total"] == 0
     scene = [k for k in metrics if k.startswith('retrofit_agent_labels_total{group="scene"')]
     assert sum(metrics[k] for k in scene) > 0
+    assert agent.stop() == 0
+
+
+def damaged_copies(tmp_path, bundle):
+    """Bundles (or a config line) that a SIGHUP must refuse, each a different way to fail."""
+    empty_group = Path(shutil.copytree(bundle, tmp_path / "empty-group"))
+    arrays = dict(np.load(bundle / "labels.npz"))
+    arrays["group_names"] = np.append(arrays["group_names"], "empty")
+    arrays["group_kinds"] = np.append(arrays["group_kinds"], "multi")
+    np.savez(empty_group / "labels.npz", **arrays)
+    rewrite_manifest(empty_group)  # hashes right: it loaded, then killed the first frame
+    narrow = Path(shutil.copytree(bundle, tmp_path / "narrow"))
+    manifest = narrow / "manifest.json"  # its own hash is in no file: edited as it lies
+    manifest.write_text(manifest.read_text().replace('"shortest_side": 64', '"shortest_side": 32'))
+    no_manifest = Path(shutil.copytree(bundle, tmp_path / "no-manifest"))
+    (no_manifest / "manifest.json").unlink()
+    (no_manifest / "manifest.json").mkdir()
+    fifo = tmp_path / "labels-fifo.npz"
+    os.mkfifo(fifo)
+    return {
+        "empty group": (f'model = "{empty_group}"', "group empty has no labels"),
+        "shortest_side below size": (f'model = "{narrow}"', "shortest_side 32 must lie"),
+        "manifest a directory": (f'model = "{no_manifest}"', "manifest is a directory"),
+        "label bank a FIFO": (f'labels = "{fifo}"', r"label bank is a named pipe"),
+    }
+
+
+def test_a_reload_that_fails_any_way_keeps_the_running_bundle(start, tmp_path, tiny_bundle):
+    """Before, an empty group loaded and then killed the service on its first frame (the unit
+    restarted it into the same crash); a shortest_side below size raised a ValueError out of
+    the reload; a FIFO as the label bank blocked it forever."""
+    config = config_text(tmp_path, tiny_bundle)
+    agent = start(config)
+    agent.wait_metric("retrofit_agent_frames_total", 5)
+    cases = damaged_copies(tmp_path, tiny_bundle)
+    for line, error in cases.values():
+        if line.startswith("model"):
+            agent.config.write_text(config.replace(f'model = "{tiny_bundle}"', line))
+        else:
+            agent.config.write_text(line + "\n" + config)
+        mark = len(agent.lines)
+        agent.proc.send_signal(signal.SIGHUP)
+        agent.wait_for_log(
+            rf"reload failed, keeping the running configuration .*{error}", start=mark
+        )
+        frames = agent.metrics()["retrofit_agent_frames_total"]
+        agent.wait_metric("retrofit_agent_frames_total", frames + 5)  # still labelling
+    metrics = agent.wait_metric('retrofit_agent_reloads_total{result="failed"}', len(cases))
+    assert metrics['retrofit_agent_reloads_total{result="failed"}'] == len(cases)
+    assert agent.proc.poll() is None and agent.opens() == 1
     assert agent.stop() == 0
 
 
